@@ -1,0 +1,323 @@
+"""GPU benchmark: FreeFuse against an ordinary LoRA run on a FLUX.1-dev-sized model.
+
+Runs in one process on a GPU machine, through ComfyUI's own loaders and samplers:
+a FLUX.1-dev-sized Flux (19 double + 38 single blocks, hidden 3072) with random bf16 weights,
+random rank-`r` LoRAs in ai-toolkit/diffusers format on every linear layer of every block, random
+conditioning of the real shapes (512 T5 tokens x 4096, pooled 768), euler/simple, cfg 1, batch 1.
+
+Rows (after a warm-up of each): a no LoRA; b stock LoRA loader (merged); c FreeFuse continue;
+d FreeFuse restart (default); e ComfyUI core hooks (Create Hook LoRA + masked conditioning,
+the same LoRAs confined to the same masks). Prints a table and the headline ratios last, and
+writes JSON under --out.
+
+    python3 bench/flux_bench.py --comfyui PATH --out DIR [--part main|scaling]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parents[1]
+
+
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--comfyui", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--part", default="main", choices=["main", "scaling"])
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--disable-dynamic-vram", action="store_true")
+    p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+sys.path.insert(0, ARGS.comfyui)
+sys.argv = [sys.argv[0]] + (["--disable-dynamic-vram"] if ARGS.disable_dynamic_vram else [])
+if ARGS.small:
+    sys.argv.append("--cpu")
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing(True)
+import comfy.cli_args  # noqa: E402,F401
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import comfy.lora  # noqa: E402
+import comfy.model_management as mm  # noqa: E402
+import comfy.sd  # noqa: E402
+import comfy.supported_models  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes  # noqa: E402
+
+asyncio.run(nodes.load_custom_node(str(PACK)))
+asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+pack = sys.modules[str(PACK).replace(".", "_x_")]
+core = pack.freefuse_core
+glue = pack.freefuse_comfy
+DEVICE = mm.get_torch_device()
+FULL = dict(hidden=3072, depth=19, depth_single=38, context=4096, vec=768)
+SMALL = dict(hidden=256, depth=3, depth_single=3, context=64, vec=32)
+DIMS = SMALL if ARGS.small else FULL
+WORDS = ("Alice", "Bob", "Carol", "Dave")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    sync()
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else 0.0
+    return seconds, peak, result
+
+
+def random_flux(dtype):
+    config = glue.standin.flux_unet_config(**DIMS)
+    skeleton = comfy.supported_models.Flux(config).get_model({}, device="meta")
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    sd = {}
+    for name, tensor in skeleton.diffusion_model.state_dict().items():
+        if "norm" in name:
+            value = torch.ones(tensor.shape, device=DEVICE, dtype=torch.bfloat16)
+        else:
+            value = torch.randn(tensor.shape, device=DEVICE, dtype=torch.bfloat16, generator=generator) * 0.02
+        sd[name] = value.cpu()
+    del skeleton
+    return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+
+
+def write_loras(model, folder: Path, rank: int, count: int) -> list[str]:
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    weights = model.model.state_dict()
+    names = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(100 + index)
+        sd = {}
+        for key, target in key_map.items():
+            if not key.startswith("transformer."):
+                continue
+            weight_key, out = (target, None) if isinstance(target, str) else (target[0], target[1][2])
+            weight = weights[weight_key]
+            if weight.ndim != 2:
+                continue
+            sd[key + ".lora_A.weight"] = (torch.randn(rank, weight.shape[1], generator=generator) * 0.01).bfloat16()
+            sd[key + ".lora_B.weight"] = (torch.randn(out or weight.shape[0], rank, generator=generator) * 0.01).bfloat16()
+            sd[key + ".alpha"] = torch.tensor(float(rank))
+        name = f"bench_r{rank}_{index}.safetensors"
+        save_file(sd, str(folder / name))
+        names.append(name)
+    return names
+
+
+def conditioning(subjects: int):
+    words = " and ".join(WORDS[:subjects])
+    text = f"a photo of {words} standing together in a park"
+    pieces, pos = [], 0
+    for word in text.split(" "):
+        start = text.index(word, pos)
+        pieces.append(core.TokenPiece(word, start, start + len(word)))
+        pos = start + len(word)
+    tokens = 512
+    pieces += [core.TokenPiece("", len(text), len(text))] * (tokens - len(pieces))
+    generator = torch.Generator().manual_seed(7)
+    context = torch.randn(1, tokens, DIMS["context"], generator=generator)
+    pooled = torch.randn(1, DIMS["vec"], generator=generator)
+    meta = glue.prompt.PromptTokens(text=text, pieces=tuple(pieces))
+    return [[context, {"pooled_output": pooled, "guidance": 3.5, glue.prompt.PROMPT_KEY: meta}]]
+
+
+class Bench:
+    def __init__(self, dtype=torch.bfloat16):
+        self.folder = Path(tempfile.mkdtemp())
+        folder_paths.add_model_folder_path("loras", str(self.folder))
+        self.base = random_flux(dtype)
+        self.vae = comfy.sd.VAE(sd=glue.standin.tiny_vae_state_dict())
+        self.lora_names: dict[int, list[str]] = {}
+
+    def loras(self, rank: int, count: int) -> list[str]:
+        if len(self.lora_names.get(rank, [])) < count:
+            self.lora_names[rank] = write_loras(self.base, self.folder, rank, count)
+        return self.lora_names[rank][:count]
+
+    def setup(self, model, subjects: int, size: int, steps: int):
+        latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
+        positive = conditioning(subjects)
+        return glue.sampling.SamplingSetup(model=model, positive=positive, negative=positive, latent=latent,
+                                           seed=0, steps=steps, cfg=1.0, sampler_name="euler",
+                                           scheduler="simple", denoise=1.0)
+
+    def stock(self, model, setup):
+        return nodes.common_ksampler(model, setup.seed, setup.steps, setup.cfg, setup.sampler_name,
+                                     setup.scheduler, setup.positive, setup.negative, setup.latent)[0]
+
+    def merged(self, names):
+        model = self.base
+        for name in names:
+            model = nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0]
+        return model
+
+    def freefuse_model(self, names):
+        model = self.base
+        for i, name in enumerate(names):
+            model = pack.FreeFuseLoraLoader.execute(model=model, lora_name=name, strength=1.0,
+                                                    activation_words=WORDS[i]).result[0]
+        return model
+
+    def freefuse(self, setup, mode: str, image_source: str = "vae"):
+        masks = glue.sampling.extract(setup, self.vae, 6 if setup.steps >= 8 else 2, 16 if not ARGS.small else 1,
+                                      True, 1.0, image_source)
+        return glue.masked.sample_masked(masks, mode), masks
+
+    def hooks(self, names, setup, masks):
+        hooks_nodes = nodes.NODE_CLASS_MAPPINGS
+        combined = None
+        for i, name in enumerate(names):
+            hook = hooks_nodes["CreateHookLoraModelOnly"]().create_hook_model_only(name, 1.0)[0]
+            mask = masks.pixel_masks[0, i][None]
+            cond = hooks_nodes["ConditioningSetProperties"]().set_properties(
+                setup.positive, 1.0, "default", mask=mask, hooks=hook)[0]
+            combined = cond if combined is None else nodes.ConditioningCombine().combine(combined, cond)[0]
+        return nodes.common_ksampler(self.base, setup.seed, setup.steps, setup.cfg, setup.sampler_name,
+                                     setup.scheduler, combined, combined, setup.latent)[0]
+
+
+def measure(fn, repeats: int):
+    fn()  # warm-up
+    runs = [timed(fn) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
+class StageTimer:
+    """Wraps the extraction's stages with synchronised timers (attention, x0 image, SLIC, voting)."""
+
+    STAGES = {"attention capture": (glue.sampling, "subject_maps"), "x0 to image": (glue.sampling, "_x0_image"),
+              "superpixels": (glue.sampling, "slic_segments"), "voting": (glue.sampling, "vote_owner")}
+
+    def __init__(self):
+        self.totals = dict.fromkeys(self.STAGES, 0.0)
+        self.saved = {}
+
+    def __enter__(self):
+        for stage, (module, name) in self.STAGES.items():
+            real = getattr(module, name)
+            self.saved[stage] = real
+            setattr(module, name, self._wrap(stage, real))
+        return self
+
+    def _wrap(self, stage, real):
+        def wrapped(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                sync()
+                self.totals[stage] += time.perf_counter() - start
+        return wrapped
+
+    def __exit__(self, *exc):
+        for stage, (module, name) in self.STAGES.items():
+            setattr(module, name, self.saved[stage])
+
+
+def main_part(bench: Bench):
+    steps, size, rank, repeats = ARGS.steps, ARGS.size, ARGS.rank, ARGS.repeats
+    rows = {}
+    names = bench.loras(rank, 2)
+    ours = bench.freefuse_model(names)
+    setup = bench.setup(ours, 2, size, steps)
+    rows["a no LoRA"] = measure(lambda: bench.stock(bench.base, setup), repeats)
+    first_b = timed(lambda: bench.stock(bench.merged(names), setup))[0]
+    merged = bench.merged(names)
+    rows["b stock LoRA (merged)"] = measure(lambda: bench.stock(merged, setup), repeats)
+    first_c = timed(lambda: bench.freefuse(bench.setup(bench.freefuse_model(names), 2, size, steps), "continue"))[0]
+    rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats)
+    rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats)
+    _, masks = bench.freefuse(setup, "restart")
+    rows["e core hooks + masked conds"] = measure(lambda: bench.hooks(names, setup, masks), repeats)
+    with StageTimer() as stages:
+        glue.sampling.extract(setup, bench.vae, 6, 16 if not ARGS.small else 1, True, 1.0, "vae")
+    partial = timed(lambda: glue.sampling.extract(setup, bench.vae, 6, 16 if not ARGS.small else 1, True, 1.0, "vae"))[0]
+    only_k = timed(lambda: nodes.common_ksampler(ours, 0, steps, 1.0, "euler", "simple", setup.positive,
+                                                 setup.positive, setup.latent, last_step=6)[0])[0]
+    b = rows["b stock LoRA (merged)"][0]
+    result = {
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+        "dynamic_vram": not ARGS.disable_dynamic_vram, "steps": steps, "size": size, "rank": rank,
+        "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
+        "first_run_after_lora_change": {"b merged": first_b, "c FreeFuse continue": first_c},
+        "extraction_breakdown_seconds": stages.totals,
+        "extraction_over_first_k_steps_seconds": partial - only_k,
+    }
+    return result
+
+
+def scaling_part(bench: Bench):
+    steps, repeats = ARGS.steps, 1
+    out = {"subjects": {}, "sizes": {}, "ranks": {}}
+    for subjects in (2, 3, 4):
+        names = bench.loras(ARGS.rank, subjects)
+        setup = bench.setup(bench.freefuse_model(names), subjects, ARGS.size, steps)
+        merged = bench.merged(names)
+        b = measure(lambda: bench.stock(merged, setup), repeats)
+        c = measure(lambda: bench.freefuse(setup, "continue"), repeats)
+        d = measure(lambda: bench.freefuse(setup, "restart"), repeats)
+        _, masks = bench.freefuse(setup, "restart")
+        e = measure(lambda: bench.hooks(names, setup, masks), repeats)
+        out["subjects"][subjects] = {"b": b, "c": c, "d": d, "e": e}
+    names = bench.loras(ARGS.rank, 2)
+    for size in (512, 1024, 1536, 2048):
+        setup = bench.setup(bench.freefuse_model(names), 2, size, steps)
+        merged = bench.merged(names)
+        out["sizes"][size] = {"b": measure(lambda: bench.stock(merged, setup), repeats),
+                              "c": measure(lambda: bench.freefuse(setup, "continue"), repeats)}
+    for rank in (16, 64):
+        names = bench.loras(rank, 2)
+        setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, steps)
+        merged = bench.merged(names)
+        out["ranks"][rank] = {"b": measure(lambda: bench.stock(merged, setup), repeats),
+                              "c": measure(lambda: bench.freefuse(setup, "continue"), repeats),
+                              "d": measure(lambda: bench.freefuse(setup, "restart"), repeats)}
+    return out
+
+
+def main():
+    bench = Bench()
+    out = Path(ARGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if ARGS.part == "main":
+        result = main_part(bench)
+        (out / f"main{'_nodyn' if ARGS.disable_dynamic_vram else ''}.json").write_text(json.dumps(result, indent=1))
+        b = result["rows"]["b stock LoRA (merged)"]["seconds"]
+        for name, row in result["rows"].items():
+            print(f"{name:32s} {row['seconds']:8.3f} s  {row['over_b']:5.3f} x b  peak {row['peak_gib']:6.2f} GiB")
+        print("extraction breakdown:", {k: round(v, 4) for k, v in result["extraction_breakdown_seconds"].items()})
+        print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
+              f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
+        print(f"freefuse / merged = {result['rows']['d FreeFuse restart (default)']['over_b']:.2f} (restart, default)")
+        print(f"freefuse continue / merged = {result['rows']['c FreeFuse continue']['over_b']:.2f}")
+    else:
+        result = scaling_part(bench)
+        (out / "scaling.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

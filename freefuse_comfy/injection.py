@@ -1,0 +1,141 @@
+"""Masked LoRA outputs inside the model's own linear layers (Eq. 1, section 3.2).
+
+At every LoRA-targeted layer `y = W x + sum_l s_l F_l(token) B_l A_l x`. The base `W x` is the
+layer's own forward (ComfyUI's casting, fp8 and low-VRAM paths untouched); the sum is
+`freefuse_core.MaskedLowRank`. The forward is replaced through the ModelPatcher's injection
+lifecycle: `inject` when the patcher loads the model (fully or partially), `eject` when it unloads,
+so base weights never change and nothing stays on the module.
+
+Which mask a layer uses depends on the tokens it sees, fixed per layer name:
+`image` (double-block `img_*`, `img_in`, `final_layer.linear`), `text` (`txt_*`, `txt_in`),
+`joint` (single-block `linear1`/`linear2`: text then image tokens) and `pooled` (modulation and
+embedders: no token axis, one factor per image). Per model evaluation a `CallMasks` is set in a context
+variable by a diffusion-model wrapper and reset when the evaluation ends; with none set, every
+LoRA acts unmasked (an ordinary LoRA run).
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+
+from ..freefuse_core import MaskedLowRank
+from .host import PatcherInjection, comfy_utils
+from .loras import FreeFuseLora
+
+INJECTION_KEY = "freefuse"
+ATTACHMENT_KEY = "freefuse_loras"
+POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
+
+
+def stream_of(module: str) -> str:
+    """The token stream a Flux linear layer acts on, from its path."""
+    if any(p in module for p in POOLED):
+        return "pooled"
+    if module.startswith("single_blocks."):
+        return "joint"
+    if ".img_" in module or module.startswith(("img_in", "final_layer.linear")):
+        return "image"
+    if ".txt_" in module or module.startswith("txt_in"):
+        return "text"
+    raise ValueError(f"FreeFuse LoRA Loader: the LoRA targets '{module}', a layer FreeFuse does not "
+                     "know how to mask. Use a LoRA made for FLUX.1.")
+
+
+@dataclass(frozen=True)
+class CallMasks:
+    """Masks for one model evaluation: `[batch, tokens, loras]` per stream (`pooled`: one token),
+    None = unmasked."""
+
+    image: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    joint: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    loras_on: bool = True
+
+
+ACTIVE: ContextVar[CallMasks | None] = ContextVar("freefuse_call_masks", default=None)
+
+
+class CallScope:
+    """`with CallScope(masks):` makes `masks` the active ones for one evaluation, then resets."""
+
+    def __init__(self, masks: CallMasks):
+        self.masks = masks
+
+    def __enter__(self):
+        self.token = ACTIVE.set(self.masks)
+
+    def __exit__(self, *exc):
+        ACTIVE.reset(self.token)
+
+
+def _layers(loras: tuple[FreeFuseLora, ...], diffusion_model) -> dict[str, tuple[str, MaskedLowRank]]:
+    """Per layer path: its stream and one MaskedLowRank holding every LoRA's terms there."""
+    terms: dict[str, list] = {}
+    for column, lora in enumerate(loras):
+        for part in lora.parts:
+            terms.setdefault(part.module, []).append(part.term(column))
+    return {path: (stream_of(path),
+                   MaskedLowRank(ts, comfy_utils.get_attr(diffusion_model, path).weight.shape[0]))
+            for path, ts in terms.items()}
+
+
+class LoraInjection:
+    """Replaces the forward of each targeted layer while the patcher has the model loaded."""
+
+    def __init__(self, loras: tuple[FreeFuseLora, ...], diffusion_model):
+        self.layers = _layers(loras, diffusion_model)
+        self.saved: dict[torch.nn.Module, object] = {}
+
+    def inject(self, patcher) -> None:
+        root = patcher.model.diffusion_model
+        for path, (stream, lowrank) in self.layers.items():
+            module = comfy_utils.get_attr(root, path)
+            self.saved[module] = module.__dict__.get("forward")
+            module.forward = _masked_forward(module.forward, stream, lowrank)
+
+    def eject(self, patcher) -> None:
+        for module, previous in self.saved.items():
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+        self.saved.clear()
+
+    def as_patcher_injection(self) -> PatcherInjection:
+        return PatcherInjection(inject=self.inject, eject=self.eject)
+
+
+def _masked_forward(base_forward, stream: str, lowrank: MaskedLowRank):
+    cast: dict[tuple[torch.device, torch.dtype], MaskedLowRank] = {}
+
+    def forward(x, *args, **kwargs):
+        y = base_forward(x, *args, **kwargs)
+        call = ACTIVE.get()
+        if call is not None and not call.loras_on:
+            return y
+        mask = None if call is None else getattr(call, stream)
+        fast = cast.get((y.device, y.dtype))
+        if fast is None:
+            fast = cast[(y.device, y.dtype)] = lowrank.to(y.device, y.dtype)
+        if stream == "pooled" and mask is not None:
+            return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask).squeeze(1)
+        return fast.add_to(y, x.to(y.dtype), mask)
+
+    return forward
+
+
+def attach_lora(model, lora: FreeFuseLora):
+    """A clone of `model` with `lora` added to its FreeFuse LoRAs (unmerged, maskable)."""
+    clone = model.clone()
+    loras = tuple(model.get_attachment(ATTACHMENT_KEY) or ()) + (lora,)
+    clone.set_attachments(ATTACHMENT_KEY, loras)
+    injection = LoraInjection(loras, model.model.diffusion_model)
+    clone.set_injections(INJECTION_KEY, [injection.as_patcher_injection()])
+    return clone
+
+
+def loras_of(model) -> tuple[FreeFuseLora, ...]:
+    return tuple(model.get_attachment(ATTACHMENT_KEY) or ())

@@ -1,0 +1,98 @@
+"""Stage 2: sampling with each LoRA confined to its subject's mask (Eq. 1).
+
+`F` per LoRA column: the subject's token mask for a subject LoRA, 1 for a global LoRA. Per model
+evaluation the diffusion-model wrapper expands `F` to the batch of that evaluation (cond and
+uncond chunks each hold the whole latent batch) and to the layer streams: image tokens use `F`;
+text tokens and pooled layers (no spatial axis) use `P_l = max_n F_l(n)`, 1 when the subject owns
+any region of that image and 0 when it owns none; single-block tokens `[P; F]`. So text rows are
+not masked, and a subject without a region has no effect at all (all masks 0 = no LoRA).
+"""
+from __future__ import annotations
+
+import torch
+
+from .host import WrappersMP, comfy_sample, latent_preview
+from .injection import CallMasks, CallScope, loras_of
+from .sampling import SAMPLER_NODE, WRAPPER_KEY, FreeFuseMasks, latent_image_of, noise_of, run_sampler
+
+MODES = ("restart", "continue")
+
+
+def lora_columns(masks: FreeFuseMasks, model) -> torch.Tensor:
+    """`[B, N, n_loras]`: each LoRA's factor per image token, in the order of the model's LoRAs."""
+    loras = loras_of(model)
+    batch, tokens, _ = masks.token_masks.shape
+    columns = []
+    for lora in loras:
+        if lora.is_subject:
+            if lora.name not in masks.subjects:
+                raise ValueError(f"{SAMPLER_NODE}: LoRA '{lora.name}' has no mask; the masks were "
+                                 "extracted for another set of LoRAs. Run FreeFuse Mask Extract again.")
+            columns.append(masks.token_masks[..., masks.subjects.index(lora.name)])
+        else:
+            columns.append(torch.ones(batch, tokens))
+    return torch.stack(columns, dim=-1)
+
+
+class MaskPlan:
+    """Builds the CallMasks of one evaluation from the image-token factors `[B, N, n_loras]`."""
+
+    def __init__(self, image: torch.Tensor, grid: tuple[int, int]):
+        self.image = image
+        self.grid = grid
+        self.cache: dict[tuple, CallMasks] = {}
+
+    def for_call(self, x: torch.Tensor, txt_len: int, chunks: int) -> CallMasks:
+        grid = ((x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
+        if grid != self.grid:
+            raise ValueError(f"{SAMPLER_NODE}: the latent has a {grid[0]}x{grid[1]} token grid but the "
+                             f"masks were made for {self.grid[0]}x{self.grid[1]}. Sample at the size the "
+                             "masks were extracted at.")
+        key = (x.device, x.dtype, txt_len, chunks)
+        if key not in self.cache:
+            image = self.image.to(x.device, x.dtype).repeat(chunks, 1, 1)
+            present = image.amax(dim=1, keepdim=True)
+            text = present.expand(-1, txt_len, -1)
+            pooled = None if bool(present.all()) else present
+            self.cache[key] = CallMasks(image=image, text=text, joint=torch.cat([text, image], dim=1),
+                                        pooled=pooled)
+        return self.cache[key]
+
+
+def _mask_wrapper(plan: MaskPlan):
+    def wrapper(executor, x, timestep, context, *args, **kwargs):
+        opts = kwargs.get("transformer_options", args[-1] if args else {})
+        chunks = len(opts.get("cond_or_uncond", [0]))
+        if x.shape[0] != chunks * plan.image.shape[0]:
+            raise ValueError(f"{SAMPLER_NODE}: the model was called with a batch of {x.shape[0]} for "
+                             f"{plan.image.shape[0]} masked images; area or batch-index conditioning is "
+                             "not supported with FreeFuse.")
+        with CallScope(plan.for_call(x, context.shape[1], chunks)):
+            return executor(x, timestep, context, *args, **kwargs)
+    return wrapper
+
+
+def masked_model(masks: FreeFuseMasks):
+    """A clone of the extraction's model whose LoRAs act through `masks`."""
+    model = masks.setup.model.clone()
+    plan = MaskPlan(lora_columns(masks, model), masks.grid)
+    model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _mask_wrapper(plan))
+    return model
+
+
+def sample_masked(masks: FreeFuseMasks, mode: str) -> dict:
+    """Stage 2 in `mode`: 'restart' from step 0 with the same seed, or 'continue' from step k."""
+    if mode not in MODES:
+        raise ValueError(f"{SAMPLER_NODE}: input 'mode' is '{mode}'; choose one of {', '.join(MODES)}.")
+    setup = masks.setup
+    model = masked_model(masks)
+    callback = latent_preview.prepare_callback(model, setup.steps)
+    if mode == "restart":
+        samples = run_sampler(model, setup, noise_of(setup), latent_image_of(setup), callback)
+    else:
+        start = masks.latent_at_step["samples"]
+        samples = run_sampler(model, setup, comfy_sample.prepare_empty_noise(start), start, callback,
+                          disable_noise=True, start_step=masks.step, force_full_denoise=True)
+    out = {k: v for k, v in setup.latent.items() if k not in ("downscale_ratio_spacial", "downscale_ratio_temporal")}
+    out["samples"] = samples
+    return out

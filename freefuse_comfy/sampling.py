@@ -1,0 +1,226 @@
+"""The sampling driver: stage 1 (masks from step k) and stage 2 (masked LoRA sampling).
+
+Appendix A: steps `0..k-1` run with the LoRAs joint and unmasked; in the evaluation of step `k`
+the joint attention of double block `b` is read and the masks are voted; every later evaluation
+multiplies each LoRA's output by its mask.
+
+Stage 1 runs ComfyUI's own sampler twice on one schedule: steps `0..k-1` (`last_step = k`, the
+latent kept with its leftover noise, as KSamplerAdvanced does), then step `k` from that latent,
+stopped inside double block `b` once `q, k` are read: the blocks after `b` never run. The step of
+the capture is the first evaluation of the second call, and the capture checks that its sigma is
+`sigmas[k]` of the schedule. `x0` for the superpixels is the prediction of step `k-1`, the last
+complete evaluation (the sampler's step callback hands it over).
+
+Stage 2 either samples again from step 0 with the same seed and schedule ("restart", default) or
+goes on from the step-`k` latent ("continue"). Masks reach the layers through a diffusion-model
+wrapper that sets `injection.CallMasks` for each evaluation and resets it after.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..freefuse_core import (find_subject_tokens, owner_to_pixel_masks, owner_to_token_masks,
+                             slic_segments, subject_maps, vote_owner)
+from .host import WrappersMP, comfy_sample, comfy_samplers, latent_preview
+from .injection import CallMasks, CallScope, loras_of
+from .loras import FreeFuseLora, require_flux
+from .prompt import prompt_of
+
+EXTRACT_NODE = "FreeFuse Mask Extract (step/block)"
+SAMPLER_NODE = "FreeFuse Masked LoRA Sampler"
+WRAPPER_KEY = "freefuse"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSetup:
+    """Everything both passes share, so seed, steps and schedule cannot drift between them."""
+
+    model: object
+    positive: list
+    negative: list
+    latent: dict
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    denoise: float
+
+
+@dataclass(frozen=True)
+class FreeFuseMasks:
+    """The voted masks of one extraction, with what the masked sampler needs to go on."""
+
+    subjects: tuple[str, ...]        # subject names, in mask order
+    token_masks: torch.Tensor        # [B, N, S] hard masks on the token grid
+    pixel_masks: torch.Tensor        # [B, S, H, W] hard masks at pixel resolution
+    image: torch.Tensor              # [B, H, W, 3] the step-(k-1) x0 image the votes ran on
+    grid: tuple[int, int]
+    step: int
+    block: int
+    setup: SamplingSetup
+    latent_at_step: dict             # the latent after steps 0..k-1, with its leftover noise
+    empty_subjects: tuple[str, ...] = field(default=())
+
+
+class _Captured(Exception):
+    """Ends the step-k evaluation right after double block b's attention was read."""
+
+    def __init__(self, maps: torch.Tensor):
+        super().__init__("FreeFuse attention captured")
+        self.maps = maps
+
+
+def _loras_wrapper(loras_on: bool):
+    def wrapper(executor, *args, **kwargs):
+        with CallScope(CallMasks(loras_on=loras_on)):
+            return executor(*args, **kwargs)
+    return wrapper
+
+
+def _capture_patch(grid: tuple[int, int], token_sets, sigma_k: float):
+    """A `dit` double-block replacement that reads post-RoPE q, k of that block and stops."""
+
+    def capture_override(func, q, k, v, heads, **kwargs):
+        opts = kwargs["transformer_options"]
+        chunks = opts["cond_or_uncond"]
+        per_chunk = q.shape[0] // len(chunks)
+        rows = [c * per_chunk + i for c, kind in enumerate(chunks) if kind == 0 for i in range(per_chunk)]
+        raise _Captured(subject_maps(q[rows], k[rows], opts["freefuse_txt_len"], grid, token_sets))
+
+    def replace_block(args, extra):
+        opts = args["transformer_options"]
+        sigma = float(opts["sigmas"].flatten()[0])
+        if abs(sigma - sigma_k) > 1e-4 * max(1.0, abs(sigma_k)):
+            raise RuntimeError(f"{EXTRACT_NODE}: attention capture ran at sigma {sigma:.5f}, expected "
+                               f"the step's sigma {sigma_k:.5f}; this is a bug, please report it.")
+        opts = {**opts, "optimized_attention_override": capture_override,
+                "freefuse_txt_len": args["txt"].shape[1]}
+        return extra["original_block"]({**args, "transformer_options": opts})
+
+    return replace_block
+
+
+def validate_settings(model, steps: int, step: int, block: int, denoise: float) -> None:
+    flux = require_flux(model, EXTRACT_NODE)
+    if not 1 <= step < steps:
+        raise ValueError(f"{EXTRACT_NODE}: input 'mask_step' is {step}, but it must be at least 1 and "
+                         f"less than 'steps' ({steps}). The paper uses step 6 of 28.")
+    if not 0 <= block < len(flux.double_blocks):
+        raise ValueError(f"{EXTRACT_NODE}: input 'mask_block' is {block}, but this model has "
+                         f"{len(flux.double_blocks)} double blocks (0..{len(flux.double_blocks) - 1}). "
+                         "FLUX.1-dev uses block 16.")
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"{EXTRACT_NODE}: input 'denoise' is {denoise}; it must be in (0, 1].")
+
+
+def subject_loras(model) -> tuple[FreeFuseLora, ...]:
+    loras = loras_of(model)
+    subjects = tuple(lora for lora in loras if lora.is_subject)
+    if not subjects:
+        raise ValueError(f"{EXTRACT_NODE}: input 'model' carries no FreeFuse LoRA with activation words. "
+                         "Load each character LoRA with 'FreeFuse LoRA Loader' and type its activation "
+                         "word(s).")
+    return subjects
+
+
+def noise_of(setup: SamplingSetup) -> torch.Tensor:
+    return comfy_sample.prepare_noise(latent_image_of(setup), setup.seed, setup.latent.get("batch_index"))
+
+
+def latent_image_of(setup: SamplingSetup) -> torch.Tensor:
+    return comfy_sample.fix_empty_latent_channels(setup.model, setup.latent["samples"])
+
+
+def run_sampler(model, setup: SamplingSetup, noise, latent_image, callback, **kwargs) -> torch.Tensor:
+    return comfy_sample.sample(model, noise, setup.steps, kwargs.pop("cfg", setup.cfg),
+                               kwargs.pop("sampler_name", setup.sampler_name), setup.scheduler,
+                               setup.positive, setup.negative, latent_image, denoise=setup.denoise,
+                               noise_mask=setup.latent.get("noise_mask"), callback=callback,
+                               seed=setup.seed, **kwargs)
+
+
+def _sigmas(setup: SamplingSetup) -> torch.Tensor:
+    return comfy_samplers.KSampler(setup.model, steps=setup.steps, device="cpu",
+                                   sampler=setup.sampler_name, scheduler=setup.scheduler,
+                                   denoise=setup.denoise).sigmas
+
+
+def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool,
+            sigma: float, image_source: str) -> FreeFuseMasks:
+    """Stage 1: steps 0..k-1, then attention at double block `block` of step `step`, then masks."""
+    validate_settings(setup.model, setup.steps, step, block, setup.denoise)
+    subjects = subject_loras(setup.model)
+    prompt = prompt_of(setup.positive, EXTRACT_NODE)
+    token_sets = find_subject_tokens(prompt.text, prompt.pieces, [(s.name, s.words) for s in subjects])
+
+    model = setup.model.clone()
+    model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
+    x0 = {}
+    preview = latent_preview.prepare_callback(model, step)
+
+    def callback(i, denoised, x, total):
+        x0["x0"] = denoised
+        preview(i, denoised, x, total)
+
+    latent_image = latent_image_of(setup)
+    samples = run_sampler(model, setup, noise_of(setup), latent_image, callback, last_step=step,
+                      force_full_denoise=False)
+    sigma_k = float(_sigmas(setup)[step])
+
+    capture = setup.model.clone()
+    capture.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
+    grid = _grid(setup.latent)
+    capture.set_model_patch_replace(_capture_patch(grid, token_sets, sigma_k), "dit", "double_block", block)
+    try:
+        run_sampler(capture, setup, comfy_sample.prepare_empty_noise(samples), samples, None,
+                cfg=1.0, sampler_name="euler", disable_noise=True, start_step=step, last_step=step + 1,
+                disable_pbar=True)
+    except _Captured as captured:
+        maps = captured.maps.float().cpu()
+    else:
+        raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
+                           "another node may replace that block. Remove it or choose another block.")
+    image = _x0_image(setup.model, vae, x0["x0"], image_source)
+    return _vote(subjects, maps, image, sigma, step, block, setup, {**setup.latent, "samples": samples})
+
+
+def _x0_image(model, vae, x0: torch.Tensor, image_source: str) -> torch.Tensor:
+    latent = model.model.process_latent_out(x0.float().cpu())
+    if image_source == "vae":
+        return vae.decode(latent)[..., :3].float().cpu()
+    factors = model.model.latent_format.latent_rgb_factors
+    bias = model.model.latent_format.latent_rgb_factors_bias or [0.0, 0.0, 0.0]
+    rgb = torch.einsum("bchw,cr->bhwr", x0.float().cpu(), torch.tensor(factors)) + torch.tensor(bias)
+    rgb = ((rgb + 1) / 2).clamp(0, 1).movedim(-1, 1)
+    return torch.nn.functional.interpolate(rgb, scale_factor=8, mode="bilinear").movedim(1, -1)
+
+
+def _grid(latent: dict) -> tuple[int, int]:
+    """Flux's image token grid: 2x2 latent patches, the latent padded up to even sizes."""
+    height, width = latent["samples"].shape[-2:]
+    return (height + 1) // 2, (width + 1) // 2
+
+
+def _vote(subjects, maps, image, sigma, step, block, setup, latent_at_step) -> FreeFuseMasks:
+    grid = _grid(setup.latent)
+    token_masks, pixel_masks = [], []
+    for b in range(image.shape[0]):
+        segments = slic_segments(image[b].numpy().astype(np.float64), sigma=sigma)
+        owner = vote_owner(maps[b], segments, grid)
+        token_masks.append(owner_to_token_masks(owner, len(subjects), grid))
+        pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)))
+    token_masks = torch.stack(token_masks)
+    empty = tuple(s.name for i, s in enumerate(subjects) if not bool(token_masks[..., i].any()))
+    for name in empty:
+        log.warning("%s: subject '%s' won no superpixel at step %d; its LoRA will act nowhere. "
+                    "Try another 'mask_step' or 'mask_block', or a clearer activation word.",
+                    EXTRACT_NODE, name, step)
+    return FreeFuseMasks(subjects=tuple(s.name for s in subjects), token_masks=token_masks,
+                         pixel_masks=torch.stack(pixel_masks), image=image, grid=grid, step=step,
+                         block=block, setup=setup, latent_at_step=latent_at_step, empty_subjects=empty)

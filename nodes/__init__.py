@@ -1,0 +1,1 @@
+"""Thin ComfyUI V3 nodes: schema and hand-off, no tensor math."""

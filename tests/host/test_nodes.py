@@ -1,0 +1,218 @@
+"""The nodes in the real ComfyUI host (CPU, tiny Flux-architecture models built by ComfyUI)."""
+import pytest
+import torch
+from fixtures import write_lora
+from graph import module, PROMPT, empty_latent, make_world, masks_set_to, stock_lora, stock_sample
+
+import comfy.model_management
+import nodes
+
+NODE_IDS = ("FreeFuseLoraLoader", "FreeFuseTextEncode", "FreeFuseMaskExtract", "FreeFuseMaskedSampler",
+            "FreeFuseMaskPreview")
+TOL = dict(atol=2e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def world(pack):
+    return make_world(pack)
+
+
+@pytest.fixture()
+def two_loras(world, lora_dir):
+    a = write_lora(lora_dir, "alice.safetensors", world.model, "kohya", rank=4, seed=1, alpha=2.0)
+    b = write_lora(lora_dir, "bob.safetensors", world.model, "diffusers", rank=8, seed=2)
+    return a, b
+
+
+def base_weights(model):
+    """The base weights, taken with no model loaded (the stock LoRA loader merges into loaded weights)."""
+    comfy.model_management.unload_all_models()
+    return {k: v.clone() for k, v in model.model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    after = model.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "base weights changed"
+
+
+def test_pack_registers_its_nodes_through_comfyui_loader(pack):
+    for node_id in NODE_IDS:
+        assert node_id in nodes.NODE_CLASS_MAPPINGS, node_id
+
+
+def test_loader_without_masks_equals_stock_lora_loader(world, two_loras):
+    a, b = two_loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
+    ours = stock_sample(world.loras((a, "Alice"), (b, "Bob")), world.encode(), empty_latent(64, 64), masks.setup)
+    stock = stock_sample(stock_lora(stock_lora(world.model, a), b), world.encode(), empty_latent(64, 64), masks.setup)
+    torch.testing.assert_close(ours, stock, **TOL)
+
+
+def test_all_ones_masks_equal_stock_loras_and_zero_mask_removes_a_lora(world, two_loras):
+    a, b = two_loras
+    before = base_weights(world.model)
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model)
+    assert masks.subjects == ("alice", "bob")
+    setup = masks.setup
+    stock_both = stock_sample(stock_lora(stock_lora(world.model, a), b), setup.positive, setup.latent, setup)
+    stock_bob = stock_sample(stock_lora(world.model, b), setup.positive, setup.latent, setup)
+    assert not torch.allclose(stock_both, stock_bob, atol=1e-3), "the LoRA must matter for this test"
+    torch.testing.assert_close(world.masked(masks_set_to(masks, torch.ones(2))), stock_both, **TOL)
+    torch.testing.assert_close(world.masked(masks_set_to(masks, torch.tensor([0.0, 1.0]))), stock_bob, **TOL)
+    assert_unchanged(world.model, before)
+
+
+def test_masks_partition_and_preview_outputs(world, two_loras):
+    a, b = two_loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")), latent=empty_latent(96, 64))
+    assert masks.token_masks.shape == (1, 4 * 6, 2)
+    assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 24))
+    preview, mask_batch, names = world.run("FreeFuseMaskPreview", freefuse_masks=masks, opacity=0.5)
+    assert preview.shape == (1, 64, 96, 3)
+    assert mask_batch.shape == (2, 64, 96)
+    assert torch.equal(mask_batch.sum(0), torch.ones(64, 96))
+    assert names.splitlines() == ["alice", "bob"]
+
+
+class Counter:
+    """Counts calls of modules of the diffusion model through forward hooks."""
+
+    def __init__(self, model, *paths):
+        self.counts = dict.fromkeys(paths, 0)
+        root = model.model.diffusion_model
+        self.handles = [root.get_submodule(p).register_forward_hook(self._hook(p)) for p in paths]
+
+    def _hook(self, path):
+        def hook(*_):
+            self.counts[path] += 1
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("mode, full", [("continue", 0), ("restart", 2)])
+def test_model_evaluations_and_one_capture(world, two_loras, monkeypatch, pack, mode, full):
+    a, b = two_loras
+    steps, k, block = 4, 2, 1
+    captures = []
+    sampling = module(pack, "freefuse_comfy.sampling")
+    real = sampling.subject_maps
+
+    def counting(q, k_, txt_len, grid, sets, **kw):
+        captures.append((q.shape, txt_len, grid))
+        return real(q, k_, txt_len, grid, sets, **kw)
+
+    monkeypatch.setattr(sampling, "subject_maps", counting)
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    counter = Counter(model, "double_blocks.0", "double_blocks.1", "single_blocks.0", "final_layer")
+    try:
+        masks = world.extract(model, steps=steps, mask_step=k, mask_block=block)
+        world.masked(masks, mode)
+    finally:
+        counter.close()
+    evaluations = steps + full  # restart re-runs k steps; continue runs steps - k after the extraction's k
+    assert counter.counts["final_layer"] == evaluations
+    assert counter.counts["double_blocks.0"] == evaluations + 1  # step k of the extraction, stopped in block b
+    assert counter.counts["double_blocks.1"] == evaluations      # block b itself stops inside its attention
+    assert counter.counts["single_blocks.0"] == evaluations
+    assert len(captures) == 1
+    assert captures[0][1] == 256 and captures[0][2] == (4, 4)
+
+
+def test_masks_reach_the_layer_as_per_token_factors(world, two_loras):
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model)
+    planted = torch.zeros(1, 16, 2)
+    planted[0, :8, 0] = 1          # Alice owns the top half of the token grid
+    planted[0, 8:, 1] = 1          # Bob the bottom half
+    masks = masks_set_to(masks, planted)
+    layer = model.model.diffusion_model.double_blocks[0].img_attn.qkv
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen.setdefault("x", inputs[0].detach().clone())
+        seen.setdefault("y", output.detach().clone())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        world.masked(masks)
+    finally:
+        handle.remove()
+    loras = model.get_attachment("freefuse_loras")
+    x, y = seen["x"], seen["y"]
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    for column, lora in enumerate(loras):
+        for part in (p for p in lora.parts if p.module == "double_blocks.0.img_attn.qkv"):
+            delta = (x @ part.down.T) @ part.up.T
+            factor = planted[..., column].unsqueeze(-1)
+            expected[..., part.out_start:part.out_start + part.up.shape[0]] += factor * delta
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_no_leak_between_runs_resolutions_prompts_and_branches(world, two_loras):
+    a, b = two_loras
+    before = base_weights(world.model)
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    first = world.masked(world.extract(model))
+    again = world.masked(world.extract(model))
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    world.masked(world.extract(model, latent=empty_latent(96, 64)))
+    world.masked(world.extract(model, positive=world.encode("Bob and Alice at the beach")))
+    torch.testing.assert_close(world.masked(world.extract(model)), first, atol=0, rtol=0)
+    branch = world.loras((a, "Alice"), (b, "Bob"))
+    zero_alice = masks_set_to(world.extract(branch), torch.tensor([0.0, 1.0]))
+    world.masked(zero_alice)
+    torch.testing.assert_close(world.masked(world.extract(model)), first, atol=0, rtol=0)
+    assert model.get_attachment("freefuse_loras") is not branch.get_attachment("freefuse_loras")
+    assert_unchanged(world.model, before)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(cfg=4.0), dict(latent=empty_latent(64, 64, batch=2)), dict(latent=empty_latent(1000, 600)),
+    dict(loras_before_mask="off"), dict(x0_image="latent rgb"), dict(denoise=0.8),
+], ids=["cfg4", "batch2", "1000x600", "loras-off-before-k", "latent-rgb", "denoise0.8"])
+def test_end_to_end_settings(world, two_loras, settings):
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    latent = settings.pop("latent", empty_latent(64, 64))
+    masks = world.extract(model, latent=latent, steps=3, mask_step=1, **settings)
+    batch, _, h, w = latent["samples"].shape
+    assert masks.token_masks.shape == (batch, ((h + 1) // 2) * ((w + 1) // 2), 2)
+    assert masks.pixel_masks.shape == (batch, 2, h * 8, w * 8)
+    for mode in ("restart", "continue"):
+        out = world.masked(masks, mode)
+        assert out.shape == (batch, 16, h, w) and torch.isfinite(out).all()
+
+
+def test_fp8_weights_end_to_end(pack, lora_dir):
+    fp8 = make_world(pack)
+    fp8.model = module(pack, "freefuse_comfy.host").comfy_sd.load_diffusion_model_state_dict(
+        module(pack, "freefuse_comfy.standin").tiny_flux_state_dict(), model_options={"dtype": torch.float8_e4m3fn})
+    a = write_lora(lora_dir, "alice.safetensors", fp8.model, "kohya", seed=1)
+    b = write_lora(lora_dir, "bob.safetensors", fp8.model, "diffusers", seed=2)
+    masks = fp8.extract(fp8.loras((a, "Alice"), (b, "Bob")))
+    out = fp8.masked(masks)
+    assert torch.isfinite(out).all()
+
+
+def test_prompt_typed_once_reaches_extract_through_conditioning_nodes(world, two_loras):
+    a, b = two_loras
+    guided = nodes.NODE_CLASS_MAPPINGS["FluxGuidance"].execute(conditioning=world.encode(PROMPT), guidance=3.5)[0]
+    assert guided[0][1]["guidance"] == 3.5
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")), positive=guided)
+    assert masks.subjects == ("alice", "bob")
+
+
+def test_stock_sampling_of_the_base_model_is_unaffected_after_freefuse(world, two_loras):
+    a, b = two_loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
+    comfy.model_management.unload_all_models()
+    fresh = stock_sample(world.model, masks.setup.positive, masks.setup.latent, masks.setup)
+    world.masked(masks)
+    after = stock_sample(world.model, masks.setup.positive, masks.setup.latent, masks.setup)
+    torch.testing.assert_close(after, fresh, atol=0, rtol=0)

@@ -1,0 +1,176 @@
+"""Bad input and faults: every error names the node, the input and the fix; nothing is left behind."""
+import pickle
+import re
+
+import pytest
+import torch
+from fixtures import write_lora
+from graph import module, empty_latent, make_world
+from safetensors.torch import save_file
+
+import comfy.model_management
+
+LOADER = "FreeFuse LoRA Loader"
+EXTRACT = re.escape("FreeFuse Mask Extract (step/block)")
+
+
+@pytest.fixture(scope="module")
+def world(pack):
+    return make_world(pack)
+
+
+@pytest.fixture()
+def loras(world, lora_dir):
+    return (write_lora(lora_dir, "alice.safetensors", world.model, "kohya", seed=1),
+            write_lora(lora_dir, "bob.safetensors", world.model, "diffusers", seed=2))
+
+
+def injected_forwards(model):
+    return [name for name, m in model.model.diffusion_model.named_modules() if "forward" in m.__dict__]
+
+
+def assert_clean(world, before):
+    """Once ComfyUI unloads the model (as it does before loading another), nothing of ours is left."""
+    comfy.model_management.unload_all_models()
+    assert injected_forwards(world.model) == []
+    after = world.model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "base weights changed"
+
+
+def snapshot(world):
+    comfy.model_management.unload_all_models()
+    return {k: v.clone() for k, v in world.model.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("words, match", [
+    ("Zed", r"Zed.*not.*prompt|not found"),
+    ("Alice", r"same token|claim"),
+])
+def test_activation_word_errors(world, loras, words, match):
+    a, b = loras
+    model = world.loras((a, "Alice"), (b, words))
+    with pytest.raises(ValueError, match=match):
+        world.extract(model)
+
+
+def test_word_present_twice_takes_every_occurrence(world, loras, pack):
+    a, b = loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")),
+                          positive=world.encode("Alice and Bob; Alice smiles at Bob"))
+    assert masks.subjects == ("alice", "bob")
+
+
+def test_no_subject_lora_is_an_error(world, loras):
+    a, _ = loras
+    with pytest.raises(ValueError, match=f"{EXTRACT}.*'model'.*activation word"):
+        world.extract(world.loras((a, "")))
+
+
+def test_clip_text_encode_conditioning_is_refused_with_the_fix(world, loras):
+    a, b = loras
+    import nodes
+    plain = nodes.CLIPTextEncode().encode(world.clip, "Alice and Bob")[0]
+    with pytest.raises(ValueError, match=f"{EXTRACT}.*'positive'.*FreeFuse Text Encode"):
+        world.extract(world.loras((a, "Alice"), (b, "Bob")), positive=plain)
+
+
+def test_missing_lora_file(world, lora_dir):
+    with pytest.raises(ValueError, match=f"{LOADER}.*'lora_name'.*not in the loras folder"):
+        world.loras(("nobody.safetensors", "Alice"))
+
+
+def test_zero_byte_truncated_and_pickle_loras_are_refused(world, lora_dir, loras):
+    (lora_dir / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{LOADER}.*'lora_name'.*empty file"):
+        world.loras(("empty.safetensors", "Alice"))
+    data = (lora_dir / loras[0]).read_bytes()
+    (lora_dir / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{LOADER}.*'lora_name'.*not a readable safetensors"):
+        world.loras(("cut.safetensors", "Alice"))
+
+    class Bomb:
+        def __reduce__(self):
+            return (pytest.fail, ("a pickle was loaded",))
+
+    (lora_dir / "old.pt").write_bytes(pickle.dumps({"x": Bomb()}))
+    with pytest.raises(ValueError, match=f"{LOADER}.*'lora_name'.*not a .safetensors file"):
+        world.loras(("old.pt", "Alice"))
+
+
+def test_sdxl_lora_on_flux_matches_nothing(world, lora_dir):
+    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 320),
+               "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(320, 4)},
+              str(lora_dir / "sdxl.safetensors"))
+    with pytest.raises(ValueError, match=f"{LOADER}.*no key.*matches"):
+        world.loras(("sdxl.safetensors", "Alice"))
+
+
+def test_non_flux_model_is_refused_with_what_is_supported(world, loras):
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    sdxl_like = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), "cpu", "cpu")
+    with pytest.raises(ValueError, match=f"{LOADER}.*'model'.*Flux-architecture"):
+        world.loras((loras[0], "Alice"), model=sdxl_like)
+    assert comfy.supported_models.SDXL  # the class users would bring
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(mask_step=4), r"'mask_step' is 4.*less than 'steps' \(4\)"),
+    (dict(mask_step=0), r"'mask_step' is 0.*at least 1"),
+    (dict(mask_block=2), r"'mask_block' is 2.*2 double blocks"),
+])
+def test_step_and_block_out_of_range(world, loras, settings, match):
+    a, b = loras
+    with pytest.raises(ValueError, match=f"{EXTRACT}.*{match}"):
+        world.extract(world.loras((a, "Alice"), (b, "Bob")), **settings)
+
+
+def test_same_lora_twice_and_one_subject_and_odd_sizes(world, loras):
+    a, _ = loras
+    masks = world.extract(world.loras((a, "Alice"), (a, "Bob")), latent=empty_latent(72, 40))
+    assert masks.token_masks.shape == (1, 3 * 5, 2)
+    single = world.extract(world.loras((a, "Alice")))
+    assert torch.equal(single.token_masks, torch.ones_like(single.token_masks))
+    world.masked(single)
+
+
+def test_interrupt_during_extract_and_masked_sampler_leaves_nothing(world, loras):
+    a, b = loras
+    before = snapshot(world)
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    reference = world.masked(world.extract(model))
+    for stage in ("extract", "masked"):
+        masks = world.extract(model) if stage == "masked" else None
+        comfy.model_management.interrupt_current_processing(True)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            world.extract(model) if stage == "extract" else world.masked(masks)
+        comfy.model_management.interrupt_current_processing(False)
+        assert_clean(world, before)
+    torch.testing.assert_close(world.masked(world.extract(model)), reference, atol=0, rtol=0)
+
+
+def test_exception_and_oom_inside_capture_leave_nothing(world, loras, monkeypatch, pack):
+    a, b = loras
+    before = snapshot(world)
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    reference = world.masked(world.extract(model))
+    sampling = module(pack, "freefuse_comfy.sampling")
+    for error in (RuntimeError("boom"), torch.OutOfMemoryError("simulated OOM")):
+        def failing(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr(sampling, "subject_maps", failing)
+        with pytest.raises(type(error)):
+            world.extract(model)
+        monkeypatch.undo()
+        assert_clean(world, before)
+    torch.testing.assert_close(world.masked(world.extract(model)), reference, atol=0, rtol=0)
+
+
+def test_masked_sampler_refuses_masks_of_another_size(world, loras):
+    a, b = loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
+    from dataclasses import replace
+    wrong = replace(masks, grid=(8, 8))
+    with pytest.raises(ValueError, match="FreeFuse Masked LoRA Sampler.*token grid"):
+        world.masked(wrong)
