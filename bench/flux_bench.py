@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import statistics
 import sys
@@ -62,8 +63,15 @@ import nodes  # noqa: E402
 asyncio.run(nodes.load_custom_node(str(PACK)))
 asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
 pack = sys.modules[str(PACK).replace(".", "_x_")]
-core = pack.freefuse_core
-glue = pack.freefuse_comfy
+core = importlib.import_module(pack.__name__ + ".freefuse_core")
+
+
+class _Glue:
+    def __getattr__(self, name):
+        return importlib.import_module(f"{pack.__name__}.freefuse_comfy.{name}")
+
+
+glue = _Glue()
 DEVICE = mm.get_torch_device()
 FULL = dict(hidden=3072, depth=19, depth_single=38, context=4096, vec=768)
 SMALL = dict(hidden=256, depth=3, depth_single=3, context=64, vec=32)
@@ -103,6 +111,21 @@ def random_flux(dtype):
     return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
 
 
+def random_flux_vae():
+    """FLUX.1's autoencoder (16 latent channels) with random weights, loaded as VAELoader would."""
+    import comfy.ldm.models.autoencoder as autoencoder
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    engine = autoencoder.AutoencodingEngine(
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+        decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
+    generator = torch.Generator().manual_seed(1)
+    sd = {k: (torch.ones_like(v) if k.endswith("norm.weight") else torch.randn(v.shape, generator=generator) * 0.02)
+          for k, v in engine.state_dict().items()}
+    return comfy.sd.VAE(sd=sd)
+
+
 def write_loras(model, folder: Path, rank: int, count: int) -> list[str]:
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     weights = model.model.state_dict()
@@ -113,10 +136,11 @@ def write_loras(model, folder: Path, rank: int, count: int) -> list[str]:
         for key, target in key_map.items():
             if not key.startswith("transformer."):
                 continue
-            weight_key, out = (target, None) if isinstance(target, str) else (target[0], target[1][2])
-            weight = weights[weight_key]
-            if weight.ndim != 2:
+            weight_key, offset = (target, None) if isinstance(target, str) else (target[0], target[1])
+            weight = weights.get(weight_key)
+            if weight is None or weight.ndim != 2:
                 continue
+            out = offset[2] if offset else None
             sd[key + ".lora_A.weight"] = (torch.randn(rank, weight.shape[1], generator=generator) * 0.01).bfloat16()
             sd[key + ".lora_B.weight"] = (torch.randn(out or weight.shape[0], rank, generator=generator) * 0.01).bfloat16()
             sd[key + ".alpha"] = torch.tensor(float(rank))
@@ -148,7 +172,7 @@ class Bench:
         self.folder = Path(tempfile.mkdtemp())
         folder_paths.add_model_folder_path("loras", str(self.folder))
         self.base = random_flux(dtype)
-        self.vae = comfy.sd.VAE(sd=glue.standin.tiny_vae_state_dict())
+        self.vae = comfy.sd.VAE(sd=glue.standin.tiny_vae_state_dict()) if ARGS.small else random_flux_vae()
         self.lora_names: dict[int, list[str]] = {}
 
     def loras(self, rank: int, count: int) -> list[str]:
@@ -320,4 +344,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        main()

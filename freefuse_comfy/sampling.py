@@ -157,7 +157,12 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
     validate_settings(setup.model, setup.steps, step, block, setup.denoise)
     subjects = subject_loras(setup.model)
     prompt = prompt_of(setup.positive, EXTRACT_NODE)
-    token_sets = find_subject_tokens(prompt.text, prompt.pieces, [(s.name, s.words) for s in subjects])
+    try:
+        token_sets = find_subject_tokens(prompt.text, prompt.pieces, [(s.name, s.words) for s in subjects])
+    except ValueError as error:
+        raise ValueError(f"{EXTRACT_NODE}: the prompt of input 'positive' and the LoRAs' activation words do "
+                         f"not fit: {error}. Write each subject's activation word in the prompt, or fix "
+                         "activation_words in its FreeFuse LoRA Loader.") from error
 
     model = setup.model.clone()
     model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))

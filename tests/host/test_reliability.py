@@ -4,6 +4,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from fixtures import write_lora
 from graph import module, empty_latent, make_world
 from safetensors.torch import save_file
@@ -174,3 +176,24 @@ def test_masked_sampler_refuses_masks_of_another_size(world, loras):
     wrong = replace(masks, grid=(8, 8))
     with pytest.raises(ValueError, match="FreeFuse Masked LoRA Sampler.*token grid"):
         world.masked(wrong)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.integers(1, 4), step=st.integers(0, 4), block=st.integers(0, 2),
+       width=st.sampled_from([40, 64, 72]), height=st.sampled_from([32, 64]), batch=st.integers(1, 2),
+       cfg=st.sampled_from([1.0, 2.5]), sampler=st.sampled_from(["euler", "heun", "dpmpp_2m"]),
+       words=st.sampled_from([("Alice", "Bob"), ("Alice", ""), ("Alice", "Alice"), ("Zed", "Bob")]),
+       mode=st.sampled_from(["restart", "continue"]))
+def test_random_settings_give_a_result_or_a_documented_error(world, loras, steps, step, block, width, height,
+                                                             batch, cfg, sampler, words, mode):
+    before = snapshot(world)
+    model = world.loras((loras[0], words[0]), (loras[1], words[1]))
+    try:
+        masks = world.extract(model, latent=empty_latent(width, height, batch), steps=steps, mask_step=step,
+                              mask_block=block, cfg=cfg, sampler_name=sampler)
+        out = world.masked(masks, mode)
+    except ValueError as error:
+        assert str(error).startswith(("FreeFuse Mask Extract (step/block): ", "FreeFuse")), str(error)
+    else:
+        assert out.shape[0] == batch and torch.isfinite(out).all()
+    assert_clean(world, before)
