@@ -1,0 +1,106 @@
+"""Masked low-rank LoRA terms of one linear layer (Eq. 1).
+
+`y = W x + sum_l s_l F_l(token) B_l A_l x`. Since `F_l` is one scalar per token,
+`F_l (B_l A_l x) = B_l (F_l A_l x)`: the mask multiplies the rank-sized intermediate.
+Fast path: every LoRA's `A` stacked into one `[R, in]` matrix (one matmul), the mask gathered to
+`[.., R]` by each rank row's subject, then one matmul per output slice with the stacked `s B`.
+Slices serve fused layers: Flux's `qkv` (q, k, v thirds) and `linear1` (q, k, v, MLP-in).
+Already materialised deltas (LoHa, LoKr) are `DenseTerm`s: `F_l (dW_l x)`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LowRankTerm:
+    subject: int          # the mask column this term uses
+    down: torch.Tensor    # A [r, in]
+    up: torch.Tensor      # s B [out_slice, r], strength and alpha/rank folded in
+    out_start: int
+
+
+@dataclass(frozen=True)
+class DenseTerm:
+    subject: int
+    delta: torch.Tensor   # s dW [out_slice, in]
+    out_start: int
+
+
+@dataclass(frozen=True)
+class _Slice:
+    start: int
+    stop: int
+    ranks: slice          # the rank rows of the stacked A feeding this slice
+    up: torch.Tensor      # [stop - start, rank rows]
+
+
+class MaskedLowRank:
+    """All LoRA terms acting on one linear layer, stacked once for the fast path."""
+
+    def __init__(self, terms: Sequence[LowRankTerm | DenseTerm], out_features: int):
+        self.terms = tuple(terms)
+        self.out_features = out_features
+        low = sorted((t for t in self.terms if isinstance(t, LowRankTerm)), key=lambda t: (t.out_start, t.up.shape[0]))
+        self.dense = tuple(t for t in self.terms if isinstance(t, DenseTerm))
+        ins = {t.down.shape[1] for t in low} | {t.delta.shape[1] for t in self.dense}
+        if len(ins) > 1:
+            raise ValueError(f"LoRA terms of one layer disagree on the input size: {sorted(ins)}")
+        for t in self.terms:
+            rows = t.up.shape[0] if isinstance(t, LowRankTerm) else t.delta.shape[0]
+            if t.out_start < 0 or t.out_start + rows > out_features:
+                raise ValueError(f"output slice [{t.out_start}, {t.out_start + rows}) outside {out_features} features")
+            if isinstance(t, LowRankTerm) and t.up.shape[1] != t.down.shape[0]:
+                raise ValueError(f"up {tuple(t.up.shape)} and down {tuple(t.down.shape)} disagree on the rank")
+        self.down = torch.cat([t.down for t in low]) if low else None
+        self.owner = torch.tensor([t.subject for t in low for _ in range(t.down.shape[0])], dtype=torch.long)
+        slices, rank = [], 0
+        for (start, rows), group in _groups(low):
+            width = sum(t.down.shape[0] for t in group)
+            up = torch.zeros(rows, width, dtype=group[0].up.dtype)
+            offset = 0
+            for t in group:
+                up[:, offset:offset + t.down.shape[0]] = t.up
+                offset += t.down.shape[0]
+            slices.append(_Slice(start, start + rows, slice(rank, rank + width), up))
+            rank += width
+        self.slices = tuple(slices)
+
+    def to(self, device, dtype) -> MaskedLowRank:
+        moved = object.__new__(MaskedLowRank)
+        moved.terms, moved.out_features = self.terms, self.out_features
+        moved.dense = tuple(DenseTerm(t.subject, t.delta.to(device, dtype), t.out_start) for t in self.dense)
+        moved.down = None if self.down is None else self.down.to(device, dtype)
+        moved.owner = self.owner.to(device)
+        moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, s.up.to(device, dtype)) for s in self.slices)
+        return moved
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`y + sum_l F_l B_l A_l x`, in place into `y`; `mask` `[B, T, S]` or None (all ones)."""
+        if self.down is not None:
+            h = torch.matmul(x, self.down.t())
+            if mask is not None:
+                h = h * mask.to(h.dtype).index_select(-1, self.owner)
+            for s in self.slices:
+                part = h[..., s.ranks] if len(self.slices) > 1 else h
+                if s.start == 0 and s.stop == self.out_features:
+                    y.add_(torch.matmul(part, s.up.t()))
+                else:
+                    y[..., s.start:s.stop].add_(torch.matmul(part, s.up.t()))
+        for t in self.dense:
+            delta = torch.matmul(x, t.delta.t())
+            if mask is not None:
+                delta = delta * mask[..., t.subject:t.subject + 1].to(delta.dtype)
+            y[..., t.out_start:t.out_start + delta.shape[-1]].add_(delta)
+        return y
+
+
+def _groups(terms: Sequence[LowRankTerm]):
+    """Terms grouped by identical output slice, in order of the slice."""
+    groups: dict[tuple[int, int], list[LowRankTerm]] = {}
+    for t in terms:
+        groups.setdefault((t.out_start, t.up.shape[0]), []).append(t)
+    return sorted(groups.items())

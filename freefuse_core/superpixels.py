@@ -1,0 +1,96 @@
+"""Superpixel voting (Eq. 11-13) and the hard masks it gives.
+
+- Eq. 11: `R = SLIC(x0_image, n_segments = round(sqrt(H W)), compactness = 10, sigma)`.
+- Eq. 12: each `S_l` is upsampled bilinearly from the `h x w` token grid to pixels (`patch` px a
+  token, cropped to the image) and summed over each superpixel: `s_{l,r} = sum_{p in r} S_l(p)`.
+- Eq. 13: the winner `argmax_l s_{l,r}` owns every pixel of `r`; `F_l = 1` on what `l` owns.
+The pixel ownership is brought to the token grid by majority per `patch x patch` cell (decision),
+so every pixel and every token belongs to exactly one subject.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.segmentation import slic
+
+from .attention import subject_maps
+
+
+def slic_segments(image: np.ndarray, sigma: float = 1.0, compactness: float = 10.0) -> np.ndarray:
+    """Eq. 11: SLIC labels (0-based ints, `H x W`) of an `H x W x 3` image in [0, 1]."""
+    height, width = image.shape[:2]
+    return slic(image, n_segments=round(math.sqrt(height * width)), compactness=compactness, sigma=sigma,
+                start_label=0, channel_axis=-1)
+
+
+def _check(height: int, width: int, grid: tuple[int, int], patch: int):
+    if height > grid[0] * patch or width > grid[1] * patch:
+        raise ValueError(f"a {height}x{width} image does not fit a {grid[0]}x{grid[1]} token grid of {patch} px")
+
+
+def upsample_maps(maps: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], patch: int = 16) -> torch.Tensor:
+    """`[S, N]` token-grid maps to `[S, H, W]` pixels: bilinear to the padded grid, then cropped."""
+    _check(*size, grid, patch)
+    up = F.interpolate(maps.float().reshape(1, -1, *grid), size=(grid[0] * patch, grid[1] * patch),
+                       mode="bilinear", align_corners=False)[0]
+    return up[:, :size[0], :size[1]]
+
+
+def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
+    """Eq. 12-13: the owning subject of every pixel, `[H, W]` int64."""
+    labels = torch.as_tensor(np.asarray(segments), dtype=torch.long, device=maps.device)
+    up = upsample_maps(maps, grid, tuple(labels.shape), patch)
+    count = int(labels.max()) + 1
+    sums = torch.zeros(up.shape[0], count, dtype=up.dtype, device=up.device)
+    sums.index_add_(1, labels.flatten(), up.flatten(1))
+    return sums.argmax(dim=0)[labels]
+
+
+def owner_to_pixel_masks(owner: torch.Tensor, n_subjects: int) -> torch.Tensor:
+    """`[S, H, W]` one-hot float32 masks at pixel resolution."""
+    return F.one_hot(owner, n_subjects).permute(2, 0, 1).float()
+
+
+def owner_to_token_masks(owner: torch.Tensor, n_subjects: int, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
+    """`[N, S]` one-hot masks on the token grid: each cell goes to the subject owning most of it.
+
+    Cells partly outside the image count only their inside pixels; cells wholly outside take the
+    owner of the nearest inside pixel (the image is edge-padded). Ties go to the lowest index.
+    """
+    height, width = owner.shape
+    _check(height, width, grid, patch)
+    padded = F.pad(owner[None, None].float(), (0, grid[1] * patch - width, 0, grid[0] * patch - height),
+                   mode="replicate")[0, 0].long()
+    inside = torch.zeros_like(padded, dtype=torch.float32)
+    inside[:height, :width] = 1.0
+    fully_outside = F.avg_pool2d(inside[None, None], patch)[0, 0].flatten() == 0
+    votes = F.one_hot(padded, n_subjects).float() * torch.where(
+        inside.bool(), 1.0, 0.0)[..., None]
+    counts = votes.reshape(grid[0], patch, grid[1], patch, n_subjects).sum(dim=(1, 3)).reshape(-1, n_subjects)
+    nearest = F.one_hot(padded.reshape(grid[0], patch, grid[1], patch)[:, 0, :, 0].flatten(), n_subjects).float()
+    counts = torch.where(fully_outside[:, None], nearest, counts)
+    return F.one_hot(counts.argmax(dim=-1), n_subjects).float()
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    token_masks: torch.Tensor   # [B, N, S]
+    pixel_masks: torch.Tensor   # [B, S, H, W]
+    maps: torch.Tensor          # [B, S, N], Eq. 10
+    owner: torch.Tensor         # [B, H, W]
+
+
+def masks_from_attention(q, k, txt_len, grid, token_sets, image: np.ndarray, sigma: float = 1.0,
+                         top_p: float = 0.01, sink_handling: bool = True, patch: int = 16) -> MaskResult:
+    """The whole stage 1 for a batch: maps (Eq. 5-10), superpixels (Eq. 11), votes (Eq. 12-13)."""
+    maps = subject_maps(q, k, txt_len, grid, token_sets, top_p, sink_handling).cpu()
+    owners = torch.stack([vote_owner(maps[b], slic_segments(image[b], sigma), grid, patch)
+                          for b in range(maps.shape[0])])
+    n = len(token_sets)
+    return MaskResult(token_masks=torch.stack([owner_to_token_masks(o, n, grid, patch) for o in owners]),
+                      pixel_masks=torch.stack([owner_to_pixel_masks(o, n) for o in owners]),
+                      maps=maps, owner=owners)
