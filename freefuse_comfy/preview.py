@@ -17,7 +17,9 @@ def overlay(masks: FreeFuseMasks, opacity: float) -> torch.Tensor:
     """`[B, H, W, 3]`: `(1 - a) * image + a * colour(owner)` with `a = opacity`."""
     colours = torch.tensor([colour(i) for i in range(len(masks.subjects))], dtype=torch.float32) / 255
     painted = torch.einsum("bshw,sc->bhwc", masks.pixel_masks, colours)
-    return (1 - opacity) * masks.image + opacity * painted
+    image = torch.nn.functional.interpolate(masks.image.movedim(-1, 1), size=painted.shape[1:3],
+                                            mode="bilinear").movedim(1, -1)
+    return (1 - opacity) * image + opacity * painted
 
 
 def legend(masks: FreeFuseMasks) -> list[dict]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..freefuse_core import (find_subject_tokens, owner_to_pixel_masks, owner_to_token_masks,
-                             slic_segments, subject_maps, vote_owner)
+                             resize_owner, slic_segments, subject_maps, vote_owner)
 from .host import WrappersMP, comfy_sample, comfy_samplers, latent_preview
 from .injection import CallMasks, CallScope, loras_of
 from .loras import FreeFuseLora, require_flux
@@ -59,7 +59,7 @@ class FreeFuseMasks:
     subjects: tuple[str, ...]        # subject names, in mask order
     token_masks: torch.Tensor        # [B, N, S] hard masks on the token grid
     pixel_masks: torch.Tensor        # [B, S, H, W] hard masks at pixel resolution
-    image: torch.Tensor              # [B, H, W, 3] the step-(k-1) x0 image the votes ran on
+    image: torch.Tensor              # [B, h, w, 3] the step-(k-1) x0 image SLIC ran on (h, w <= H, W)
     grid: tuple[int, int]
     step: int
     block: int
@@ -152,7 +152,7 @@ def _sigmas(setup: SamplingSetup) -> torch.Tensor:
 
 
 def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool,
-            sigma: float, image_source: str) -> FreeFuseMasks:
+            sigma: float, image_source: str, superpixel_px: int = 256) -> FreeFuseMasks:
     """Stage 1: steps 0..k-1, then attention at double block `block` of step `step`, then masks."""
     validate_settings(setup.model, setup.steps, step, block, setup.denoise)
     subjects = subject_loras(setup.model)
@@ -191,17 +191,25 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
     else:
         raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
                            "another node may replace that block. Remove it or choose another block.")
-    image = _x0_image(setup.model, vae, x0["x0"], image_source)
+    image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
     return _vote(subjects, maps, image, sigma, step, block, setup, {**setup.latent, "samples": samples})
 
 
-def _x0_image(model, vae, x0: torch.Tensor, image_source: str) -> torch.Tensor:
-    latent = model.model.process_latent_out(x0.float().cpu())
+def _x0_image(model, vae, x0: torch.Tensor, image_source: str, superpixel_px: int) -> torch.Tensor:
+    """The step's predicted x0 as an RGB image whose long side is at most `superpixel_px`.
+
+    The latent is area-downsampled before decoding, so the VAE decodes only the pixels that SLIC
+    will see; 'latent rgb' is Flux's linear latent-to-RGB preview instead of a VAE decode.
+    """
+    height, width = x0.shape[-2:]
+    scale = min(1.0, superpixel_px / (8 * max(height, width)))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = torch.nn.functional.interpolate(x0.float(), size=size, mode="area") if scale < 1 else x0.float()
     if image_source == "vae":
-        return vae.decode(latent)[..., :3].float().cpu()
-    factors = model.model.latent_format.latent_rgb_factors
-    bias = model.model.latent_format.latent_rgb_factors_bias or [0.0, 0.0, 0.0]
-    rgb = torch.einsum("bchw,cr->bhwr", x0.float().cpu(), torch.tensor(factors)) + torch.tensor(bias)
+        return vae.decode(model.model.process_latent_out(small.cpu()))[..., :3].float().cpu().clamp(0, 1)
+    fmt = model.model.latent_format
+    rgb = torch.einsum("bchw,cr->bhwr", small.cpu(), torch.tensor(fmt.latent_rgb_factors))
+    rgb = rgb + torch.tensor(fmt.latent_rgb_factors_bias or [0.0, 0.0, 0.0])
     rgb = ((rgb + 1) / 2).clamp(0, 1).movedim(-1, 1)
     return torch.nn.functional.interpolate(rgb, scale_factor=8, mode="bilinear").movedim(1, -1)
 
@@ -214,10 +222,11 @@ def _grid(latent: dict) -> tuple[int, int]:
 
 def _vote(subjects, maps, image, sigma, step, block, setup, latent_at_step) -> FreeFuseMasks:
     grid = _grid(setup.latent)
+    size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     token_masks, pixel_masks = [], []
     for b in range(image.shape[0]):
         segments = slic_segments(image[b].numpy().astype(np.float64), sigma=sigma)
-        owner = vote_owner(maps[b], segments, grid)
+        owner = resize_owner(vote_owner(maps[b], segments, grid, size=size), size)
         token_masks.append(owner_to_token_masks(owner, len(subjects), grid))
         pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)))
     token_masks = torch.stack(token_masks)

@@ -2,11 +2,11 @@
 from .attention import cross_rows, salient_tokens, subject_maps, suppress_sinks
 from .lowrank import DenseTerm, LowRankTerm, MaskedLowRank
 from .superpixels import (MaskResult, masks_from_attention, owner_to_pixel_masks, owner_to_token_masks,
-                          slic_segments, upsample_maps, vote_owner)
+                          resize_owner, slic_segments, upsample_maps, vote_owner)
 from .tokens import TokenPiece, find_subject_tokens
 
 __all__ = [
     "DenseTerm", "LowRankTerm", "MaskResult", "MaskedLowRank", "TokenPiece", "cross_rows", "find_subject_tokens",
-    "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks", "salient_tokens", "slic_segments",
+    "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks", "resize_owner", "salient_tokens", "slic_segments",
     "subject_maps", "suppress_sinks", "upsample_maps", "vote_owner",
 ]

@@ -40,14 +40,28 @@ def upsample_maps(maps: torch.Tensor, grid: tuple[int, int], size: tuple[int, in
     return up[:, :size[0], :size[1]]
 
 
-def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
-    """Eq. 12-13: the owning subject of every pixel, `[H, W]` int64."""
+def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int = 16,
+               size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Eq. 12-13: the owning subject of every pixel of `segments`, int64 of its shape.
+
+    `size` is the image size the token grid covers (default: the segments' own size); segments of
+    a smaller working image get the maps resized once more, bilinearly, to their size.
+    """
     labels = torch.as_tensor(np.asarray(segments), dtype=torch.long, device=maps.device)
-    up = upsample_maps(maps, grid, tuple(labels.shape), patch)
+    up = upsample_maps(maps, grid, size or tuple(labels.shape), patch)
+    if up.shape[-2:] != labels.shape:
+        up = F.interpolate(up[None], size=tuple(labels.shape), mode="bilinear", align_corners=False)[0]
     count = int(labels.max()) + 1
     sums = torch.zeros(up.shape[0], count, dtype=up.dtype, device=up.device)
     sums.index_add_(1, labels.flatten(), up.flatten(1))
     return sums.argmax(dim=0)[labels]
+
+
+def resize_owner(owner: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Ownership of a working image brought to `size` pixels (nearest neighbour)."""
+    if tuple(owner.shape) == tuple(size):
+        return owner
+    return F.interpolate(owner[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
 def owner_to_pixel_masks(owner: torch.Tensor, n_subjects: int) -> torch.Tensor:

@@ -45,6 +45,10 @@ class FreeFuseMaskExtract(io.ComfyNode):
                 io.Combo.Input("x0_image", options=["vae", "latent rgb"], default="vae", advanced=True,
                                tooltip="Image for the superpixels: 'vae' decodes the predicted x0 (paper); "
                                        "'latent rgb' is a cheap linear preview of the latent."),
+                io.Int.Input("superpixel_px", default=256, min=64, max=8192, step=64, advanced=True,
+                             tooltip="Long side, in pixels, of the x0 image that SLIC segments (ours: the "
+                                     "paper segments the full image). The superpixel count stays "
+                                     "sqrt(H*W) of the full image; masks come back at full size."),
             ],
             outputs=[FreeFuseMasksType.Output(display_name="freefuse_masks",
                                               tooltip="Masks, subject names and the sampling setup, "
@@ -54,7 +58,8 @@ class FreeFuseMaskExtract(io.ComfyNode):
     @classmethod
     def execute(cls, *, model, positive, latent_image, vae, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, denoise: float, mask_step: int, mask_block: int,
-                loras_before_mask: str, slic_sigma: float, x0_image: str, negative=None) -> io.NodeOutput:
+                loras_before_mask: str, slic_sigma: float, x0_image: str, superpixel_px: int,
+                negative=None) -> io.NodeOutput:
         if negative is None and cfg != 1.0:
             raise ValueError(f"FreeFuse Mask Extract (step/block): input 'negative' is not connected but cfg is "
                              f"{cfg}. Connect a negative conditioning, or set cfg to 1.")
@@ -62,5 +67,6 @@ class FreeFuseMaskExtract(io.ComfyNode):
         setup = SamplingSetup(model=model, positive=positive, negative=negative, latent=latent_image,
                               seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
                               scheduler=scheduler, denoise=denoise)
-        masks = extract(setup, vae, mask_step, mask_block, loras_before_mask == "joint", slic_sigma, x0_image)
+        masks = extract(setup, vae, mask_step, mask_block, loras_before_mask == "joint", slic_sigma, x0_image,
+                        superpixel_px)
         return io.NodeOutput(masks)

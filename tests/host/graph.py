@@ -37,7 +37,7 @@ class World:
         inputs = dict(model=model, positive=positive, negative=positive,
                       latent_image=latent or empty_latent(64, 64), vae=self.vae, seed=0, steps=4, cfg=1.0,
                       sampler_name="euler", scheduler="simple", denoise=1.0, mask_step=2, mask_block=1,
-                      loras_before_mask="joint", slic_sigma=1.0, x0_image="vae")
+                      loras_before_mask="joint", slic_sigma=1.0, x0_image="vae", superpixel_px=256)
         inputs.update(settings)
         return self.run("FreeFuseMaskExtract", **inputs)[0]
 
