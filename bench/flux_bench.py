@@ -38,6 +38,7 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--disable-dynamic-vram", action="store_true")
     p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
+    p.add_argument("--rows", default="abcde", help="which rows of the main part to run")
     return p.parse_args()
 
 
@@ -77,6 +78,13 @@ FULL = dict(hidden=3072, depth=19, depth_single=38, context=4096, vec=768)
 SMALL = dict(hidden=256, depth=3, depth_single=3, context=64, vec=32)
 DIMS = SMALL if ARGS.small else FULL
 WORDS = ("Alice", "Bob", "Carol", "Dave")
+T0 = time.perf_counter()
+
+
+def note(message: str) -> None:
+    """Progress on stderr with the elapsed time, so a run cut off by its limit still says where it was."""
+    sys.stderr.write(f"[{time.perf_counter() - T0:7.1f} s] {message}\n")
+    sys.stderr.flush()
 
 
 def sync():
@@ -101,6 +109,7 @@ def random_flux(dtype):
     skeleton = comfy.supported_models.Flux(config).get_model({}, device="meta")
     generator = torch.Generator(device=DEVICE).manual_seed(0)
     sd = {}
+    note("random weights")
     for name, tensor in skeleton.diffusion_model.state_dict().items():
         if "norm" in name:
             value = torch.ones(tensor.shape, device=DEVICE, dtype=torch.bfloat16)
@@ -108,6 +117,7 @@ def random_flux(dtype):
             value = torch.randn(tensor.shape, device=DEVICE, dtype=torch.bfloat16, generator=generator) * 0.02
         sd[name] = value.cpu()
     del skeleton
+    note("loading through comfy.sd.load_diffusion_model_state_dict")
     return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
 
 
@@ -205,7 +215,7 @@ class Bench:
         return model
 
     def freefuse(self, setup, mode: str, image_source: str = "vae"):
-        masks = glue.sampling.extract(setup, self.vae, 6 if setup.steps >= 8 else 2, 16 if not ARGS.small else 1,
+        masks = glue.sampling.extract(setup, self.vae, 6 if setup.steps >= 8 else 2, 1 if ARGS.small else 16,
                                       True, 1.0, image_source)
         return glue.masked.sample_masked(masks, mode), masks
 
@@ -222,9 +232,11 @@ class Bench:
                                      setup.scheduler, combined, combined, setup.latent)[0]
 
 
-def measure(fn, repeats: int):
+def measure(fn, repeats: int, name: str = ""):
+    note(f"{name}: warm-up")
     fn()  # warm-up
     runs = [timed(fn) for _ in range(repeats)]
+    note(f"{name}: " + ", ".join(f"{r[0]:.3f} s" for r in runs))
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
@@ -262,35 +274,44 @@ class StageTimer:
 
 
 def main_part(bench: Bench):
-    steps, size, rank, repeats = ARGS.steps, ARGS.size, ARGS.rank, ARGS.repeats
-    rows = {}
+    steps, size, rank, repeats, todo = ARGS.steps, ARGS.size, ARGS.rank, ARGS.repeats, ARGS.rows
+    block = 1 if ARGS.small else 16
+    rows, first = {}, {}
     names = bench.loras(rank, 2)
+    note("LoRA files written")
     ours = bench.freefuse_model(names)
+    note("FreeFuse LoRAs loaded")
     setup = bench.setup(ours, 2, size, steps)
-    rows["a no LoRA"] = measure(lambda: bench.stock(bench.base, setup), repeats)
-    first_b = timed(lambda: bench.stock(bench.merged(names), setup))[0]
-    merged = bench.merged(names)
-    rows["b stock LoRA (merged)"] = measure(lambda: bench.stock(merged, setup), repeats)
-    first_c = timed(lambda: bench.freefuse(bench.setup(bench.freefuse_model(names), 2, size, steps), "continue"))[0]
-    rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats)
-    rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats)
-    _, masks = bench.freefuse(setup, "restart")
-    rows["e core hooks + masked conds"] = measure(lambda: bench.hooks(names, setup, masks), repeats)
+    if "a" in todo:
+        rows["a no LoRA"] = measure(lambda: bench.stock(bench.base, setup), repeats, "a")
+    if "b" in todo:
+        first["b merged"] = timed(lambda: bench.stock(bench.merged(names), setup))[0]
+        merged = bench.merged(names)
+        rows["b stock LoRA (merged)"] = measure(lambda: bench.stock(merged, setup), repeats, "b")
+    if "c" in todo:
+        first["c FreeFuse continue"] = timed(
+            lambda: bench.freefuse(bench.setup(bench.freefuse_model(names), 2, size, steps), "continue"))[0]
+        rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats, "c")
+    if "d" in todo:
+        rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats, "d")
     with StageTimer() as stages:
-        glue.sampling.extract(setup, bench.vae, 6, 16 if not ARGS.small else 1, True, 1.0, "vae")
-    partial = timed(lambda: glue.sampling.extract(setup, bench.vae, 6, 16 if not ARGS.small else 1, True, 1.0, "vae"))[0]
+        glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae")
+    extraction = timed(lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae"))[0]
     only_k = timed(lambda: nodes.common_ksampler(ours, 0, steps, 1.0, "euler", "simple", setup.positive,
                                                  setup.positive, setup.latent, last_step=6)[0])[0]
+    note(f"extraction {extraction:.3f} s, first k steps alone {only_k:.3f} s, stages {stages.totals}")
+    if "e" in todo:
+        _, masks = bench.freefuse(setup, "restart")
+        rows["e core hooks + masked conds"] = measure(lambda: bench.hooks(names, setup, masks), 1, "e")
     b = rows["b stock LoRA (merged)"][0]
-    result = {
+    return {
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "dynamic_vram": not ARGS.disable_dynamic_vram, "steps": steps, "size": size, "rank": rank,
         "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
-        "first_run_after_lora_change": {"b merged": first_b, "c FreeFuse continue": first_c},
+        "first_run_after_lora_change": first,
         "extraction_breakdown_seconds": stages.totals,
-        "extraction_over_first_k_steps_seconds": partial - only_k,
+        "extraction_over_first_k_steps_seconds": extraction - only_k,
     }
-    return result
 
 
 def scaling_part(bench: Bench):
@@ -323,20 +344,27 @@ def scaling_part(bench: Bench):
 
 
 def main():
+    note("building the model")
     bench = Bench()
+    note("model built")
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
     if ARGS.part == "main":
         result = main_part(bench)
         (out / f"main{'_nodyn' if ARGS.disable_dynamic_vram else ''}.json").write_text(json.dumps(result, indent=1))
         b = result["rows"]["b stock LoRA (merged)"]["seconds"]
+        print(f"device: {result['device']}, dynamic VRAM {result['dynamic_vram']}, {ARGS.size} px, "
+              f"{ARGS.steps} steps, rank {ARGS.rank}; first run after a LoRA change: {result['first_run_after_lora_change']}")
         for name, row in result["rows"].items():
             print(f"{name:32s} {row['seconds']:8.3f} s  {row['over_b']:5.3f} x b  peak {row['peak_gib']:6.2f} GiB")
         print("extraction breakdown:", {k: round(v, 4) for k, v in result["extraction_breakdown_seconds"].items()})
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
-        print(f"freefuse / merged = {result['rows']['d FreeFuse restart (default)']['over_b']:.2f} (restart, default)")
-        print(f"freefuse continue / merged = {result['rows']['c FreeFuse continue']['over_b']:.2f}")
+        rows = result["rows"]
+        if "d FreeFuse restart (default)" in rows:
+            print(f"freefuse / merged = {rows['d FreeFuse restart (default)']['over_b']:.2f} (restart, default)")
+        if "c FreeFuse continue" in rows:
+            print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
         result = scaling_part(bench)
         (out / "scaling.json").write_text(json.dumps(result, indent=1))

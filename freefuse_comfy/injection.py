@@ -83,18 +83,24 @@ def _layers(loras: tuple[FreeFuseLora, ...], diffusion_model) -> dict[str, tuple
 
 
 class LoraInjection:
-    """Replaces the forward of each targeted layer while the patcher has the model loaded."""
+    """Replaces the forward of each targeted layer while the patcher has the model loaded.
+
+    The LoRA tensors are cast to each (device, dtype) they run at once per LoRA set, not once per
+    load: clones of one loader output share this object, and extraction plus masked sampling load
+    three clones in a row.
+    """
 
     def __init__(self, loras: tuple[FreeFuseLora, ...], diffusion_model):
         self.layers = _layers(loras, diffusion_model)
         self.saved: dict[torch.nn.Module, object] = {}
+        self.cast: dict[tuple[str, torch.device, torch.dtype], MaskedLowRank] = {}
 
     def inject(self, patcher) -> None:
         root = patcher.model.diffusion_model
         for path, (stream, lowrank) in self.layers.items():
             module = comfy_utils.get_attr(root, path)
             self.saved[module] = module.__dict__.get("forward")
-            module.forward = _masked_forward(module.forward, stream, lowrank)
+            module.forward = _masked_forward(module.forward, stream, self._caster(path, lowrank))
 
     def eject(self, patcher) -> None:
         for module, previous in self.saved.items():
@@ -107,19 +113,23 @@ class LoraInjection:
     def as_patcher_injection(self) -> PatcherInjection:
         return PatcherInjection(inject=self.inject, eject=self.eject)
 
+    def _caster(self, path: str, lowrank: MaskedLowRank):
+        def cast(device: torch.device, dtype: torch.dtype) -> MaskedLowRank:
+            key = (path, device, dtype)
+            if key not in self.cast:
+                self.cast[key] = lowrank.to(device, dtype)
+            return self.cast[key]
+        return cast
 
-def _masked_forward(base_forward, stream: str, lowrank: MaskedLowRank):
-    cast: dict[tuple[torch.device, torch.dtype], MaskedLowRank] = {}
 
+def _masked_forward(base_forward, stream: str, cast):
     def forward(x, *args, **kwargs):
         y = base_forward(x, *args, **kwargs)
         call = ACTIVE.get()
         if call is not None and not call.loras_on:
             return y
         mask = None if call is None else getattr(call, stream)
-        fast = cast.get((y.device, y.dtype))
-        if fast is None:
-            fast = cast[(y.device, y.dtype)] = lowrank.to(y.device, y.dtype)
+        fast = cast(y.device, y.dtype)
         if stream == "pooled" and mask is not None:
             return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask).squeeze(1)
         return fast.add_to(y, x.to(y.dtype), mask)

@@ -79,22 +79,24 @@ class MaskedLowRank:
         return moved
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`y + sum_l F_l B_l A_l x`, in place into `y`; `mask` `[B, T, S]` or None (all ones)."""
+        """`y + sum_l F_l B_l A_l x`, added in place into `y`; `mask` `[B, T, S]` or None (all ones).
+
+        Each slice is one `addmm_` straight into its columns of `y` (the GEMM's own `C += A B`), so no
+        output-sized intermediate is written and read back.
+        """
+        y2 = y.view(-1, y.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
         if self.down is not None:
-            h = torch.matmul(x, self.down.t())
+            h = torch.mm(x2, self.down.t())
             if mask is not None:
-                h = h * mask.to(h.dtype).index_select(-1, self.owner)
+                h.mul_(mask.reshape(-1, mask.shape[-1]).to(h.dtype).index_select(-1, self.owner))
             for s in self.slices:
-                part = h[..., s.ranks] if len(self.slices) > 1 else h
-                if s.start == 0 and s.stop == self.out_features:
-                    y.add_(torch.matmul(part, s.up.t()))
-                else:
-                    y[..., s.start:s.stop].add_(torch.matmul(part, s.up.t()))
+                y2[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t())
         for t in self.dense:
-            delta = torch.matmul(x, t.delta.t())
+            delta = torch.mm(x2, t.delta.t())
             if mask is not None:
-                delta = delta * mask[..., t.subject:t.subject + 1].to(delta.dtype)
-            y[..., t.out_start:t.out_start + delta.shape[-1]].add_(delta)
+                delta.mul_(mask.reshape(-1, mask.shape[-1])[:, t.subject:t.subject + 1].to(delta.dtype))
+            y2[:, t.out_start:t.out_start + delta.shape[-1]].add_(delta)
         return y
 
 
