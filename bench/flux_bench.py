@@ -31,7 +31,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--comfyui", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--part", default="main", choices=["main", "scaling"])
+    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes"])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
@@ -314,32 +314,42 @@ def main_part(bench: Bench):
     }
 
 
-def scaling_part(bench: Bench):
-    steps, repeats = ARGS.steps, 1
-    out = {"subjects": {}, "sizes": {}, "ranks": {}}
+def subjects_part(bench: Bench):
+    """b, c, d with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each region is one more pass)."""
+    out = {}
     for subjects in (2, 3, 4):
         names = bench.loras(ARGS.rank, subjects)
-        setup = bench.setup(bench.freefuse_model(names), subjects, ARGS.size, steps)
-        merged = bench.merged(names)
-        b = measure(lambda: bench.stock(merged, setup), repeats)
-        c = measure(lambda: bench.freefuse(setup, "continue"), repeats)
-        d = measure(lambda: bench.freefuse(setup, "restart"), repeats)
-        _, masks = bench.freefuse(setup, "restart")
-        e = measure(lambda: bench.hooks(names, setup, masks), repeats)
-        out["subjects"][subjects] = {"b": b, "c": c, "d": d, "e": e}
+        setup = bench.setup(bench.freefuse_model(names), subjects, ARGS.size, ARGS.steps)
+        row = out[subjects] = {}
+        if subjects > 2:
+            merged = bench.merged(names)
+            row["b"] = measure(lambda: bench.stock(merged, setup), 1, f"b {subjects}")
+            row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
+            row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
+        small = bench.setup(setup.model, subjects, 512, ARGS.steps)
+        _, masks = bench.freefuse(small, "restart")
+        row["e 512px"] = measure(lambda: bench.hooks(names, small, masks), 1, f"e {subjects} at 512 px")
+        row["d 512px"] = measure(lambda: bench.freefuse(small, "restart"), 1, f"d {subjects} at 512 px")
+    return out
+
+
+def sizes_part(bench: Bench):
+    """b and c at 512-2048 px, then b, c, d at rank 16 and 64 (2 subjects, --size)."""
+    out = {"sizes": {}, "ranks": {}}
     names = bench.loras(ARGS.rank, 2)
-    for size in (512, 1024, 1536, 2048):
-        setup = bench.setup(bench.freefuse_model(names), 2, size, steps)
-        merged = bench.merged(names)
-        out["sizes"][size] = {"b": measure(lambda: bench.stock(merged, setup), repeats),
-                              "c": measure(lambda: bench.freefuse(setup, "continue"), repeats)}
+    ours = bench.freefuse_model(names)
+    merged = bench.merged(names)
+    for size in (512, 2048):
+        setup = bench.setup(ours, 2, size, ARGS.steps)
+        out["sizes"][size] = {"b": measure(lambda: bench.stock(merged, setup), 1, f"b {size}px"),
+                              "c": measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {size}px")}
     for rank in (16, 64):
         names = bench.loras(rank, 2)
-        setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, steps)
+        setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
         merged = bench.merged(names)
-        out["ranks"][rank] = {"b": measure(lambda: bench.stock(merged, setup), repeats),
-                              "c": measure(lambda: bench.freefuse(setup, "continue"), repeats),
-                              "d": measure(lambda: bench.freefuse(setup, "restart"), repeats)}
+        out["ranks"][rank] = {"b": measure(lambda: bench.stock(merged, setup), 1, f"b rank {rank}"),
+                              "c": measure(lambda: bench.freefuse(setup, "continue"), 1, f"c rank {rank}"),
+                              "d": measure(lambda: bench.freefuse(setup, "restart"), 1, f"d rank {rank}")}
     return out
 
 
@@ -366,8 +376,8 @@ def main():
         if "c FreeFuse continue" in rows:
             print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
-        result = scaling_part(bench)
-        (out / "scaling.json").write_text(json.dumps(result, indent=1))
+        result = subjects_part(bench) if ARGS.part == "subjects" else sizes_part(bench)
+        (out / f"{ARGS.part}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))
 
 
