@@ -10,8 +10,10 @@ With post-RoPE `q, k` of shape `[B, H, L, D]`, text tokens `0..T-1` first and th
 - Eq. 8, subject map: `M_l = mean_{t in I_l} A~[t]`.
 - Eq. 9, salient tokens: `T_l` = the `max(1, floor(N p))` image tokens with the largest `M_l`.
 - Eq. 10, self-attention map: `S_l = mean_{i in T_l} softmax_j(q_i · k_j / sqrt(D))` over image keys,
-  head-averaged. Only the `|T_l|` needed rows are computed, in chunks of `chunk` rows.
-Every batch item is independent. All arithmetic in float32.
+  head-averaged. Only the `|T_l|` needed rows are computed.
+Rows go through in chunks of at most `chunk` query rows, and never more than `(N - 1) // heads`, so
+the per-head logits of a chunk (`heads x rows x N`) stay below `N x N` elements. Every batch item
+is independent. All arithmetic in float32 (each chunk upcast).
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ def _rows(q: torch.Tensor, k_img: torch.Tensor, rows: torch.Tensor, chunk: int) 
 
     q: [H, L, D], k_img: [H, N, D], rows: [R] -> [R, N] float32.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    out = []
-    for start in range(0, rows.numel(), chunk):
-        part = q[:, rows[start:start + chunk]].float()
-        logits = torch.matmul(part, k_img.float().transpose(-1, -2)) * scale
-        out.append(logits.softmax(dim=-1).mean(dim=0))
-    return torch.cat(out) if out else k_img.new_zeros((0, k_img.shape[1]), dtype=torch.float32)
+    heads, n, dim = k_img.shape
+    step = max(1, min(chunk, (n - 1) // heads))
+    keys = k_img.transpose(-1, -2).float()
+    out = torch.empty(rows.numel(), n, dtype=torch.float32, device=q.device)
+    for start in range(0, rows.numel(), step):
+        part = q[:, rows[start:start + step]].float() / math.sqrt(dim)
+        out[start:start + step] = torch.matmul(part, keys).softmax(dim=-1).mean(dim=0)
+    return out
 
 
 def border(grid: tuple[int, int], device=None) -> torch.Tensor:
@@ -44,6 +47,7 @@ def border(grid: tuple[int, int], device=None) -> torch.Tensor:
 
 
 def top_count(n: int, top_p: float) -> int:
+    """`max(1, floor(N p))`: how many entries count as the top of a row (Eq. 6 and 9)."""
     return max(1, math.floor(n * top_p))
 
 
@@ -71,12 +75,18 @@ def salient_tokens(maps: torch.Tensor, top_p: float = 0.01) -> torch.Tensor:
     return maps.topk(top_count(maps.shape[-1], top_p), dim=-1).indices
 
 
-def _validate(q, k, txt_len, grid, token_sets):
+def _validate(q, k, txt_len, grid, token_sets, top_p, chunk):
     if q.ndim != 4 or q.shape != k.shape:
         raise ValueError(f"q and k must both be [B, heads, L, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"the token grid must be two positive sizes (h, w); got {tuple(grid)}")
     n = grid[0] * grid[1]
     if txt_len < 1 or txt_len + n > q.shape[2]:
         raise ValueError(f"{txt_len} text + {n} image tokens do not fit the sequence of {q.shape[2]}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 row; got {chunk}")
     if not token_sets:
         raise ValueError("no subject token sets given")
     for tokens in token_sets:
@@ -88,7 +98,7 @@ def subject_maps(q: torch.Tensor, k: torch.Tensor, txt_len: int, grid: tuple[int
                  token_sets: Sequence[Sequence[int]], top_p: float = 0.01, sink_handling: bool = True,
                  chunk: int = 1024) -> torch.Tensor:
     """Eq. 5-10: the self-attention map `S_l` of every subject, `[B, subjects, N]` float32."""
-    _validate(q, k, txt_len, grid, token_sets)
+    _validate(q, k, txt_len, grid, token_sets, top_p, chunk)
     n = grid[0] * grid[1]
     all_rows = sorted({t for tokens in token_sets for t in tokens})
     position = {t: i for i, t in enumerate(all_rows)}

@@ -44,34 +44,24 @@ class MaskedLowRank:
     def __init__(self, terms: Sequence[LowRankTerm | DenseTerm], out_features: int):
         self.terms = tuple(terms)
         self.out_features = out_features
+        _validate(self.terms, out_features)
         low = sorted((t for t in self.terms if isinstance(t, LowRankTerm)), key=lambda t: (t.out_start, t.up.shape[0]))
         self.dense = tuple(t for t in self.terms if isinstance(t, DenseTerm))
-        ins = {t.down.shape[1] for t in low} | {t.delta.shape[1] for t in self.dense}
-        if len(ins) > 1:
-            raise ValueError(f"LoRA terms of one layer disagree on the input size: {sorted(ins)}")
-        for t in self.terms:
-            rows = t.up.shape[0] if isinstance(t, LowRankTerm) else t.delta.shape[0]
-            if t.out_start < 0 or t.out_start + rows > out_features:
-                raise ValueError(f"output slice [{t.out_start}, {t.out_start + rows}) outside {out_features} features")
-            if isinstance(t, LowRankTerm) and t.up.shape[1] != t.down.shape[0]:
-                raise ValueError(f"up {tuple(t.up.shape)} and down {tuple(t.down.shape)} disagree on the rank")
         self.down = torch.cat([t.down for t in low]) if low else None
         self.owner = torch.tensor([t.subject for t in low for _ in range(t.down.shape[0])], dtype=torch.long)
+        self.subjects = 1 + max((t.subject for t in self.terms), default=-1)
         slices, rank = [], 0
         for (start, rows), group in _groups(low):
             width = sum(t.down.shape[0] for t in group)
-            up = torch.zeros(rows, width, dtype=group[0].up.dtype)
-            offset = 0
-            for t in group:
-                up[:, offset:offset + t.down.shape[0]] = t.up
-                offset += t.down.shape[0]
+            up = torch.cat([t.up for t in group], dim=1)
             slices.append(_Slice(start, start + rows, slice(rank, rank + width), up))
             rank += width
         self.slices = tuple(slices)
 
     def to(self, device, dtype) -> MaskedLowRank:
+        """A copy with every tensor on `device` in `dtype` (the owner index stays int64)."""
         moved = object.__new__(MaskedLowRank)
-        moved.terms, moved.out_features = self.terms, self.out_features
+        moved.terms, moved.out_features, moved.subjects = self.terms, self.out_features, self.subjects
         moved.dense = tuple(DenseTerm(t.subject, t.delta.to(device, dtype), t.out_start) for t in self.dense)
         moved.down = None if self.down is None else self.down.to(device, dtype)
         moved.owner = self.owner.to(device)
@@ -79,25 +69,62 @@ class MaskedLowRank:
         return moved
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`y + sum_l F_l B_l A_l x`, added in place into `y`; `mask` `[B, T, S]` or None (all ones).
+        """`y + sum_l F_l B_l A_l x`, added in place into `y` (made contiguous first if it is not).
 
+        x: `[..., T, in]` or pooled `[B, in]`; y: the base output `[..., out_features]`; mask: `[B, T, S]`
+        (column `subject` of each term) or None (all ones, the only choice for pooled inputs).
         Each slice is one `addmm_` straight into its columns of `y` (the GEMM's own `C += A B`), so no
         output-sized intermediate is written and read back.
         """
+        self._check_call(y, x, mask)
+        y = y if y.is_contiguous() else y.contiguous()
         y2 = y.view(-1, y.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
+        f = None if mask is None else mask.reshape(-1, mask.shape[-1])
         if self.down is not None:
             h = torch.mm(x2, self.down.t())
-            if mask is not None:
-                h.mul_(mask.reshape(-1, mask.shape[-1]).to(h.dtype).index_select(-1, self.owner))
+            if f is not None:
+                h.mul_(f.to(h.dtype).index_select(-1, self.owner))
             for s in self.slices:
                 y2[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t())
         for t in self.dense:
             delta = torch.mm(x2, t.delta.t())
-            if mask is not None:
-                delta.mul_(mask.reshape(-1, mask.shape[-1])[:, t.subject:t.subject + 1].to(delta.dtype))
+            if f is not None:
+                delta.mul_(f[:, t.subject:t.subject + 1].to(delta.dtype))
             y2[:, t.out_start:t.out_start + delta.shape[-1]].add_(delta)
         return y
+
+    def _check_call(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None):
+        if y.shape[:-1] != x.shape[:-1] or y.shape[-1] != self.out_features:
+            raise ValueError(f"output {tuple(y.shape)} does not match input {tuple(x.shape)} and "
+                             f"{self.out_features} features")
+        if mask is None:
+            return
+        if x.ndim < 3:
+            raise ValueError(f"a pooled input {tuple(x.shape)} has no token axis and cannot be masked")
+        if mask.ndim != 3 or mask.shape[1] != x.shape[-2] or mask.shape[0] * mask.shape[1] != x.numel() // x.shape[-1]:
+            raise ValueError(f"mask {tuple(mask.shape)} must be [B, T, subjects] for the input {tuple(x.shape)}")
+        if mask.shape[-1] < self.subjects:
+            raise ValueError(f"mask has {mask.shape[-1]} subject columns; the terms use {self.subjects}")
+
+
+def _validate(terms: Sequence[LowRankTerm | DenseTerm], out_features: int):
+    """Construction-time checks: one input size, ranks that agree, slices inside the output."""
+    ins = set()
+    for t in terms:
+        weights = (t.down, t.up) if isinstance(t, LowRankTerm) else (t.delta,)
+        if any(w.ndim != 2 for w in weights):
+            raise ValueError(f"LoRA weights must be matrices; got shapes {[tuple(w.shape) for w in weights]}")
+        if isinstance(t, LowRankTerm) and t.up.shape[1] != t.down.shape[0]:
+            raise ValueError(f"up {tuple(t.up.shape)} and down {tuple(t.down.shape)} disagree on the rank")
+        if t.subject < 0:
+            raise ValueError(f"a term's subject (mask column) must be >= 0; got {t.subject}")
+        rows = weights[-1].shape[0]
+        if t.out_start < 0 or t.out_start + rows > out_features:
+            raise ValueError(f"output slice [{t.out_start}, {t.out_start + rows}) outside {out_features} features")
+        ins.add(weights[0].shape[1])
+    if len(ins) > 1:
+        raise ValueError(f"LoRA terms of one layer disagree on the input size: {sorted(ins)}")
 
 
 def _groups(terms: Sequence[LowRankTerm]):

@@ -22,6 +22,8 @@ from .attention import subject_maps
 
 def slic_segments(image: np.ndarray, sigma: float = 1.0, compactness: float = 10.0) -> np.ndarray:
     """Eq. 11: SLIC labels (0-based ints, `H x W`) of an `H x W x 3` image in [0, 1]."""
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"SLIC needs an H x W x 3 image; got shape {image.shape}")
     height, width = image.shape[:2]
     return slic(image, n_segments=round(math.sqrt(height * width)), compactness=compactness, sigma=sigma,
                 start_label=0, channel_axis=-1)
@@ -48,6 +50,11 @@ def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int =
     a smaller working image get the maps resized once more, bilinearly, to their size.
     """
     labels = torch.as_tensor(np.asarray(segments), dtype=torch.long, device=maps.device)
+    if maps.ndim != 2 or maps.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"maps must be [subjects, {grid[0] * grid[1]}] for a {grid[0]}x{grid[1]} grid; "
+                         f"got {tuple(maps.shape)}")
+    if labels.ndim != 2 or labels.numel() == 0 or int(labels.min()) < 0:
+        raise ValueError(f"segments must be a non-empty H x W map of labels >= 0; got shape {tuple(labels.shape)}")
     up = upsample_maps(maps, grid, size or tuple(labels.shape), patch)
     if up.shape[-2:] != labels.shape:
         up = F.interpolate(up[None], size=tuple(labels.shape), mode="bilinear", align_corners=False)[0]
@@ -64,29 +71,39 @@ def resize_owner(owner: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(owner[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
+def _check_owner(owner: torch.Tensor, n_subjects: int):
+    if owner.ndim != 2 or owner.numel() == 0:
+        raise ValueError(f"owner must be a non-empty H x W map; got shape {tuple(owner.shape)}")
+    if int(owner.min()) < 0 or int(owner.max()) >= n_subjects:
+        raise ValueError(f"owner holds subjects {int(owner.min())}..{int(owner.max())}, outside 0..{n_subjects - 1}")
+
+
 def owner_to_pixel_masks(owner: torch.Tensor, n_subjects: int) -> torch.Tensor:
     """`[S, H, W]` one-hot float32 masks at pixel resolution."""
+    _check_owner(owner, n_subjects)
     return F.one_hot(owner, n_subjects).permute(2, 0, 1).float()
 
 
 def owner_to_token_masks(owner: torch.Tensor, n_subjects: int, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
     """`[N, S]` one-hot masks on the token grid: each cell goes to the subject owning most of it.
 
-    Cells partly outside the image count only their inside pixels; cells wholly outside take the
-    owner of the nearest inside pixel (the image is edge-padded). Ties go to the lowest index.
+    Cells partly outside the image count only their inside pixels. Cells wholly outside count each
+    of their pixels as the owner of its nearest inside pixel (the ownership edge-padded). Ties go to
+    the lowest index.
     """
     height, width = owner.shape
     _check(height, width, grid, patch)
+    _check_owner(owner, n_subjects)
     padded = F.pad(owner[None, None].float(), (0, grid[1] * patch - width, 0, grid[0] * patch - height),
                    mode="replicate")[0, 0].long()
-    inside = torch.zeros_like(padded, dtype=torch.float32)
+    inside = torch.zeros(padded.shape, dtype=torch.float32, device=owner.device)
     inside[:height, :width] = 1.0
-    fully_outside = F.avg_pool2d(inside[None, None], patch)[0, 0].flatten() == 0
-    votes = F.one_hot(padded, n_subjects).float() * torch.where(
-        inside.bool(), 1.0, 0.0)[..., None]
-    counts = votes.reshape(grid[0], patch, grid[1], patch, n_subjects).sum(dim=(1, 3)).reshape(-1, n_subjects)
-    nearest = F.one_hot(padded.reshape(grid[0], patch, grid[1], patch)[:, 0, :, 0].flatten(), n_subjects).float()
-    counts = torch.where(fully_outside[:, None], nearest, counts)
+    votes = F.one_hot(padded, n_subjects).float()
+
+    def per_cell(pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.reshape(grid[0], patch, grid[1], patch, -1).sum(dim=(1, 3)).reshape(grid[0] * grid[1], -1)
+
+    counts = torch.where(per_cell(inside[..., None]) > 0, per_cell(votes * inside[..., None]), per_cell(votes))
     return F.one_hot(counts.argmax(dim=-1), n_subjects).float()
 
 
@@ -100,7 +117,12 @@ class MaskResult:
 
 def masks_from_attention(q, k, txt_len, grid, token_sets, image: np.ndarray, sigma: float = 1.0,
                          top_p: float = 0.01, sink_handling: bool = True, patch: int = 16) -> MaskResult:
-    """The whole stage 1 for a batch: maps (Eq. 5-10), superpixels (Eq. 11), votes (Eq. 12-13)."""
+    """The whole stage 1 for a batch: maps (Eq. 5-10), superpixels (Eq. 11), votes (Eq. 12-13).
+
+    `image`: the decoded `x0` of every batch item, `B x H x W x 3` in [0, 1].
+    """
+    if image.ndim != 4 or image.shape[0] != q.shape[0] or image.shape[-1] != 3:
+        raise ValueError(f"image must be B x H x W x 3 with B = {q.shape[0]}; got {image.shape}")
     maps = subject_maps(q, k, txt_len, grid, token_sets, top_p, sink_handling).cpu()
     owners = torch.stack([vote_owner(maps[b], slic_segments(image[b], sigma), grid, patch)
                           for b in range(maps.shape[0])])

@@ -22,8 +22,14 @@ class TokenPiece:
 
 
 def _pattern(word: str) -> re.Pattern:
+    """`word` case-insensitively, its inner whitespace as any whitespace run, not touching a letter or digit."""
     parts = [re.escape(p) for p in word.split()]
-    return re.compile(r"(?<![0-9A-Za-z])" + r"\s+".join(parts) + r"(?![0-9A-Za-z])", re.IGNORECASE)
+    return re.compile(r"(?<![^\W_])" + r"\s+".join(parts) + r"(?![^\W_])", re.IGNORECASE)
+
+
+def _overlaps(piece: TokenPiece, start: int, end: int) -> bool:
+    """A piece with characters in `[start, end)`; special tokens (empty spans) never overlap."""
+    return piece.start < piece.end and piece.start < end and piece.end > start
 
 
 def find_subject_tokens(prompt: str, pieces: Sequence[TokenPiece],
@@ -42,7 +48,7 @@ def find_subject_tokens(prompt: str, pieces: Sequence[TokenPiece],
             if not matches:
                 raise ValueError(f"activation word '{word}' of subject '{name}' is not in the prompt")
             for match in matches:
-                hit = {i for i, p in enumerate(pieces) if p.start < match.end() and p.end > match.start()}
+                hit = {i for i, p in enumerate(pieces) if _overlaps(p, match.start(), match.end())}
                 if not hit:
                     raise ValueError(f"activation word '{word}' of subject '{name}' covers no token")
                 indices |= hit

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -5,38 +6,53 @@ from references import dense_layer
 
 from freefuse_core import DenseTerm, LowRankTerm, MaskedLowRank
 
+IN, PART, MLP = 12, 7, 12
+LAYOUTS = {  # out features -> the parts of a fused output (Flux: qkv thirds; linear1 = q, k, v, mlp-in)
+    15: [(0, 15)],
+    21: [(0, PART), (PART, 2 * PART), (2 * PART, 3 * PART)],
+    3 * PART + MLP: [(0, PART), (PART, 2 * PART), (2 * PART, 3 * PART), (3 * PART, 3 * PART + MLP)],
+}
+
 
 @st.composite
 def layer_case(draw):
     batch, tokens = draw(st.integers(1, 3)), draw(st.integers(1, 7))
-    inp, out = 12, draw(st.sampled_from([9, 15, 21]))   # 21 = 3 x 7 (a fused qkv of width 7)
+    out = draw(st.sampled_from(sorted(LAYOUTS)))
     loras = draw(st.integers(1, 6))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
     terms = []
     for l in range(loras):
-        kind = draw(st.sampled_from(["full", "thirds", "dense", "slice"]))
+        kind = draw(st.sampled_from(["full", "parts", "slice", "dense", "dense_part"]))
         rank = draw(st.integers(1, 5))
         if kind == "full":
-            terms.append(LowRankTerm(l, torch.randn(rank, inp, generator=g), torch.randn(out, rank, generator=g), 0))
-        elif kind == "thirds":
-            third = out // 3
-            for i in range(3):
-                terms.append(LowRankTerm(l, torch.randn(rank, inp, generator=g),
-                                         torch.randn(third, rank, generator=g), i * third))
+            terms.append(LowRankTerm(l, torch.randn(rank, IN, generator=g), torch.randn(out, rank, generator=g), 0))
+        elif kind == "parts":   # a LoRA with its own A and B on each part of the fused output
+            for start, stop in LAYOUTS[out]:
+                terms.append(LowRankTerm(l, torch.randn(rank, IN, generator=g),
+                                         torch.randn(stop - start, rank, generator=g), start))
         elif kind == "slice":
             start = draw(st.integers(0, out - 2))
             width = draw(st.integers(1, out - start))
-            terms.append(LowRankTerm(l, torch.randn(rank, inp, generator=g), torch.randn(width, rank, generator=g), start))
+            terms.append(LowRankTerm(l, torch.randn(rank, IN, generator=g), torch.randn(width, rank, generator=g),
+                                     start))
+        elif kind == "dense":
+            terms.append(DenseTerm(l, torch.randn(out, IN, generator=g) * 0.3, 0))
         else:
-            terms.append(DenseTerm(l, torch.randn(out, inp, generator=g) * 0.3, 0))
-    x = torch.randn(batch, tokens, inp, generator=g)
-    weight = torch.randn(out, inp, generator=g)
+            start, stop = draw(st.sampled_from(LAYOUTS[out]))
+            terms.append(DenseTerm(l, torch.randn(stop - start, IN, generator=g) * 0.3, start))
+    x = torch.randn(batch, tokens, IN, generator=g)
+    weight = torch.randn(out, IN, generator=g)
     mask = (torch.rand(batch, tokens, loras, generator=g) > 0.5).float()
     return x, weight, terms, mask
 
 
 def rel_err(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def as_double(terms):
+    return [LowRankTerm(t.subject, t.down.double(), t.up.double(), t.out_start) if isinstance(t, LowRankTerm)
+            else DenseTerm(t.subject, t.delta.double(), t.out_start) for t in terms]
 
 
 @settings(max_examples=30, deadline=None)
@@ -46,13 +62,15 @@ def test_fast_path_equals_dense_reference(case):
     layer = MaskedLowRank(terms, weight.shape[0])
     for m in (mask, None):
         got = layer.add_to(x @ weight.T, x, m)
+        assert got.dtype == torch.float32
         assert rel_err(got, dense_layer(x, weight, terms, m)) < 1e-5
     fast = layer.to("cpu", torch.bfloat16)
     got = fast.add_to((x @ weight.T).bfloat16(), x.bfloat16(), mask)
+    assert got.dtype == torch.bfloat16
     assert rel_err(got.float(), dense_layer(x, weight, terms, mask)) < 1e-2
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(layer_case())
 def test_parity_all_ones_is_the_plain_lora_and_zero_removes_it(case):
     x, weight, terms, mask = case
@@ -60,18 +78,65 @@ def test_parity_all_ones_is_the_plain_lora_and_zero_removes_it(case):
     base = x @ weight.T
     plain = layer.add_to(base.clone(), x, None)
     assert torch.equal(layer.add_to(base.clone(), x, torch.ones_like(mask)), plain)
+    # Zero mask: the same sums with fewer addends, so compared in float64 where 1e-6 is far above rounding.
+    x, weight, terms, mask = x.double(), weight.double(), as_double(terms), mask.double()
+    base = x @ weight.T
     gone = mask[..., 0] == 0
-    without = MaskedLowRank([t for t in terms if t.subject != 0], weight.shape[0]) if any(
-        t.subject != 0 for t in terms) else None
-    got = layer.add_to(base.clone(), x, mask)
-    expected = without.add_to(base.clone(), x, mask) if without else base
+    rest = [t for t in terms if t.subject != 0]
+    expected = MaskedLowRank(rest, weight.shape[0]).add_to(base.clone(), x, mask)
+    got = MaskedLowRank(terms, weight.shape[0]).add_to(base.clone(), x, mask)
     torch.testing.assert_close(got[gone], expected[gone], rtol=1e-6, atol=1e-6)
 
 
-def test_slices_are_validated():
-    import pytest
+def test_two_matmuls_when_every_term_covers_the_whole_output(monkeypatch):
+    terms = [LowRankTerm(l, torch.randn(r, IN), torch.randn(15, r), 0) for l, r in enumerate((2, 3, 4))]
+    layer = MaskedLowRank(terms, 15)
+    assert layer.down.shape == (9, IN) and len(layer.slices) == 1
+    assert layer.owner.tolist() == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    calls = []
+    for name in ("mm", "matmul", "addmm", "cat"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    real_addmm_ = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_",
+                        lambda self, *a, **k: calls.append("addmm_") or real_addmm_(self, *a, **k))
+    x = torch.randn(2, 5, IN)
+    layer.add_to(torch.zeros(2, 5, 15), x, torch.ones(2, 5, 3))
+    assert sorted(calls) == ["addmm_", "mm"]
+
+
+def test_pooled_input_is_unmasked_and_matches_the_reference():
+    g = torch.Generator().manual_seed(1)
+    terms = [LowRankTerm(0, torch.randn(3, IN, generator=g), torch.randn(PART, 3, generator=g), PART),
+             DenseTerm(1, torch.randn(21, IN, generator=g), 0)]
+    layer = MaskedLowRank(terms, 21)
+    x, weight = torch.randn(4, IN, generator=g), torch.randn(21, IN, generator=g)
+    got = layer.add_to(x @ weight.T, x, None)
+    assert rel_err(got, dense_layer(x[:, None], weight, terms, None)[:, 0]) < 1e-5
+    with pytest.raises(ValueError, match="pooled input"):
+        layer.add_to(x @ weight.T, x, torch.ones(4, 1, 2))
+
+
+def test_non_contiguous_output_is_handled():
+    terms = [LowRankTerm(0, torch.randn(2, IN), torch.randn(15, 2), 0)]
+    x = torch.randn(3, 4, IN)
+    y = torch.randn(4, 3, 15).transpose(0, 1)
+    got = MaskedLowRank(terms, 15).add_to(y, x, None)
+    torch.testing.assert_close(got, y + x @ (terms[0].up @ terms[0].down).T)
+
+
+def test_slices_and_calls_are_validated():
     with pytest.raises(ValueError, match="outside 6 features"):
         MaskedLowRank([LowRankTerm(0, torch.zeros(2, 4), torch.zeros(4, 2), 4)], 6)
     with pytest.raises(ValueError, match="input size"):
-        MaskedLowRank([LowRankTerm(0, torch.zeros(2, 4), torch.zeros(4, 2), 0),
-                       DenseTerm(1, torch.zeros(4, 5), 0)], 6)
+        MaskedLowRank([LowRankTerm(0, torch.zeros(2, 4), torch.zeros(4, 2), 0), DenseTerm(1, torch.zeros(4, 5), 0)], 6)
+    with pytest.raises(ValueError, match="disagree on the rank"):
+        MaskedLowRank([LowRankTerm(0, torch.zeros(2, 4), torch.zeros(4, 3), 0)], 6)
+    layer = MaskedLowRank([LowRankTerm(2, torch.zeros(2, 4), torch.zeros(6, 2), 0)], 6)
+    x = torch.zeros(1, 3, 4)
+    with pytest.raises(ValueError, match="the terms use 3"):
+        layer.add_to(torch.zeros(1, 3, 6), x, torch.ones(1, 3, 2))
+    with pytest.raises(ValueError, match="must be \\[B, T, subjects\\]"):
+        layer.add_to(torch.zeros(1, 3, 6), x, torch.ones(1, 4, 3))
+    with pytest.raises(ValueError, match="does not match"):
+        layer.add_to(torch.zeros(1, 3, 5), x, None)

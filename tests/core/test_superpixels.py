@@ -1,25 +1,37 @@
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freefuse_core import owner_to_pixel_masks, owner_to_token_masks, slic_segments, upsample_maps, vote_owner
+from freefuse_core import owner_to_pixel_masks, owner_to_token_masks, slic_segments, vote_owner
 
 
-def test_vote_sums_each_superpixel_like_a_loop():
+@pytest.mark.parametrize("grid, size, subjects", [((3, 5), (40, 70), 3), ((5, 7), (75, 100), 2), ((4, 4), (64, 64), 5)])
+def test_vote_sums_each_superpixel_like_a_loop(grid, size, subjects):
     g = torch.Generator().manual_seed(0)
-    grid, size = (3, 5), (40, 70)
-    maps = torch.rand(3, 15, generator=g)
+    maps = torch.rand(subjects, grid[0] * grid[1], generator=g)
     segments = np.random.default_rng(0).integers(0, 9, size)
     owner = vote_owner(maps, segments, grid)
-    up = upsample_maps(maps, grid, size)
+    assert owner.dtype == torch.int64 and owner.shape == size
+    up = F.interpolate(maps.reshape(1, subjects, *grid), size=(grid[0] * 16, grid[1] * 16), mode="bilinear",
+                       align_corners=False)[0, :, :size[0], :size[1]].double().numpy()
     for r in range(9):
-        where = torch.as_tensor(segments == r)
-        assert (owner[where] == int(up[:, where].sum(-1).argmax())).all()
+        where = segments == r
+        sums = [up[l][where].sum() for l in range(subjects)]
+        assert (owner.numpy()[where] == int(np.argmax(sums))).all()
+
+
+def test_vote_rejects_an_image_larger_than_the_grid():
+    with pytest.raises(ValueError, match="does not fit a 2x2 token grid"):
+        vote_owner(torch.rand(2, 4), np.zeros((33, 20), dtype=int), (2, 2))
+    with pytest.raises(ValueError, match="maps must be"):
+        vote_owner(torch.rand(2, 5), np.zeros((32, 20), dtype=int), (2, 2))
 
 
 @settings(max_examples=20, deadline=None)
-@given(h=st.integers(1, 6), w=st.integers(1, 6), cut_h=st.integers(0, 15), cut_w=st.integers(0, 15),
+@given(h=st.integers(1, 6), w=st.integers(1, 6), cut_h=st.integers(0, 40), cut_w=st.integers(0, 40),
        subjects=st.integers(1, 5), seed=st.integers(0, 999))
 def test_token_and_pixel_masks_partition_odd_sizes(h, w, cut_h, cut_w, subjects, seed):
     height, width = max(1, h * 16 - cut_h), max(1, w * 16 - cut_w)
@@ -37,6 +49,15 @@ def test_token_cell_goes_to_the_majority():
     owner[16:, :] = 2             # the bottom cells are partly outside the image: inside pixels decide
     masks = owner_to_token_masks(owner, 3, (2, 2))
     assert masks.argmax(-1).tolist() == [0, 1, 2, 2]
+
+
+def test_cells_wholly_outside_take_the_nearest_inside_pixels():
+    owner = torch.zeros(10, 40, dtype=torch.long)
+    owner[:, 20:] = 1                               # cells of columns 16..31: 4 pixels of 0, 12 of 1
+    masks = owner_to_token_masks(owner, 2, (3, 3))  # rows 1 and 2 of the grid lie wholly below the image
+    assert masks.argmax(-1).tolist() == [0, 1, 1] * 3
+    with pytest.raises(ValueError, match="outside 0..1"):
+        owner_to_token_masks(owner + 1, 2, (3, 3))
 
 
 def test_slic_is_called_as_eq_11(monkeypatch):
