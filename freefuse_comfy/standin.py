@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .host import comfy_sd, supported_models, supported_models_base, taesd
+from .host import comfy_lora, comfy_sd, supported_models, supported_models_base, taesd
 
 AXES_DIM = (16, 56, 56)   # fixed by ComfyUI's Flux detection: head dim 128
 
@@ -71,4 +71,17 @@ def tiny_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     sd = _fill(taesd.TAESD(latent_channels=16), seed, scale=0.1)
     sd["vae_scale"] = torch.tensor(0.3611)
     sd["vae_shift"] = torch.tensor(0.1159)
+    return sd
+
+
+def random_lora_state_dict(model, rank: int = 4, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A random kohya-format LoRA on every 2-D weight that ComfyUI's key map reaches in `model`."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = model.model.state_dict()
+    sd = {}
+    for key, target in sorted(comfy_lora.model_lora_keys_unet(model.model, {}).items()):
+        weight = weights.get(target) if isinstance(target, str) and key.startswith("lora_unet_") else None
+        if weight is not None and weight.ndim == 2:
+            sd[f"{key}.lora_down.weight"] = torch.randn(rank, weight.shape[1], generator=generator) * scale
+            sd[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=generator) * scale
     return sd
