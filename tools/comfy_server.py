@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfyui: Path, base: Path, standins: bool, log: Path):
+    def __init__(self, comfyui: Path, base: Path, standins: bool, log: Path, models: Path | None = None):
         self.comfyui, self.base, self.port = Path(comfyui), Path(base), free_port()
         nodes = self.base / "custom_nodes"
         nodes.mkdir(parents=True, exist_ok=True)
@@ -30,6 +30,8 @@ class ComfyServer:
                 link = nodes / name
                 if not link.exists():
                     link.symlink_to(target, target_is_directory=True)
+        if models is not None:  # the user's own model files
+            (self.base / "models").symlink_to(models, target_is_directory=True)
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
