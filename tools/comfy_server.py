@@ -50,7 +50,8 @@ class ComfyServer:
         request = urllib.request.Request(self.url(path), data=json.dumps(payload).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+            body = response.read()
+        return json.loads(body) if body else None
 
     def _wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
