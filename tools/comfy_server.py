@@ -67,7 +67,10 @@ class ComfyServer:
 
     def run(self, prompt: dict, timeout: float = 600) -> dict:
         """Queues an API prompt and returns its history entry once it has finished."""
-        prompt_id = self.post("/prompt", {"prompt": prompt})["prompt_id"]
+        return self.wait(self.post("/prompt", {"prompt": prompt})["prompt_id"], timeout)
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        """The history entry of a queued prompt, once it has finished."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)

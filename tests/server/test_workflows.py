@@ -7,31 +7,13 @@ block 1 of the 2-block stand-in. UNETLoader, VAELoader and the FreeFuse LoRA Loa
 files through the stock code paths.
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from comfy_host import PACK, find_comfyui
+from conftest import WORKFLOWS, saved_image
 from PIL import Image
-
-sys.path.insert(0, str(PACK / "tools"))
-from comfy_server import ComfyServer  # noqa: E402
-from workflow_api import smoke, to_api  # noqa: E402
-
-WORKFLOWS = sorted((PACK / "workflows").glob("*.json"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    comfyui = find_comfyui()
-    base = tmp_path_factory.mktemp("comfy")
-    subprocess.run([sys.executable, str(PACK / "tools" / "make_standins.py"), str(comfyui), str(base / "models"),
-                    *map(str, WORKFLOWS)], check=True, capture_output=True)
-    running = ComfyServer(comfyui, base, standins=True, log=base / "server.log")
-    yield running
-    running.close()
+from workflow_api import smoke, to_api
 
 
 def test_there_are_workflows():
@@ -45,9 +27,7 @@ def test_workflow_runs_on_the_real_server(server, path):
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
     outputs = entry["outputs"]
-    saved = next(o for i, o in outputs.items() if prompt[i]["class_type"] == "SaveImage")["images"]
-    image = Image.open(server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
-    assert image.size == (96, 64)
+    assert saved_image(server, prompt, entry).size == (96, 64)
     preview = next(o for i, o in outputs.items() if prompt[i]["class_type"] == "FreeFuseMaskPreview")
     subjects = [n for n in workflow["nodes"] if n["type"] == "FreeFuseLoraLoader" and n["widgets_values"][2]]
     assert [entry["name"] for entry in preview["freefuse_legend"]] == \
