@@ -51,14 +51,14 @@ import comfy.options  # noqa: E402
 
 comfy.options.enable_args_parsing(True)
 import comfy.cli_args  # noqa: E402,F401
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
 import comfy.lora  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
 import nodes  # noqa: E402
 
 asyncio.run(nodes.load_custom_node(str(PACK)))
@@ -152,7 +152,8 @@ def write_loras(model, folder: Path, rank: int, count: int) -> list[str]:
                 continue
             out = offset[2] if offset else None
             sd[key + ".lora_A.weight"] = (torch.randn(rank, weight.shape[1], generator=generator) * 0.01).bfloat16()
-            sd[key + ".lora_B.weight"] = (torch.randn(out or weight.shape[0], rank, generator=generator) * 0.01).bfloat16()
+            up = torch.randn(out or weight.shape[0], rank, generator=generator) * 0.01
+            sd[key + ".lora_B.weight"] = up.bfloat16()
             sd[key + ".alpha"] = torch.tensor(float(rank))
         name = f"bench_r{rank}_{index}.safetensors"
         save_file(sd, str(folder / name))
@@ -364,7 +365,8 @@ def main():
         (out / f"main{'_nodyn' if ARGS.disable_dynamic_vram else ''}.json").write_text(json.dumps(result, indent=1))
         b = result["rows"]["b stock LoRA (merged)"]["seconds"]
         print(f"device: {result['device']}, dynamic VRAM {result['dynamic_vram']}, {ARGS.size} px, "
-              f"{ARGS.steps} steps, rank {ARGS.rank}; first run after a LoRA change: {result['first_run_after_lora_change']}")
+              f"{ARGS.steps} steps, rank {ARGS.rank}; first run after a LoRA change: "
+              f"{result['first_run_after_lora_change']}")
         for name, row in result["rows"].items():
             print(f"{name:32s} {row['seconds']:8.3f} s  {row['over_b']:5.3f} x b  peak {row['peak_gib']:6.2f} GiB")
         print("extraction breakdown:", {k: round(v, 4) for k, v in result["extraction_breakdown_seconds"].items()})

@@ -23,8 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..freefuse_core import (find_subject_tokens, owner_to_pixel_masks, owner_to_token_masks,
-                             resize_owner, slic_segments, subject_maps, vote_owner)
+from ..freefuse_core import (
+    find_subject_tokens,
+    owner_to_pixel_masks,
+    owner_to_token_masks,
+    resize_owner,
+    slic_segments,
+    subject_maps,
+    vote_owner,
+)
 from .host import WrappersMP, comfy_sample, comfy_samplers, latent_preview
 from .injection import CallMasks, CallScope, loras_of
 from .loras import FreeFuseLora, require_flux

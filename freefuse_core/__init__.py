@@ -1,8 +1,16 @@
 """FreeFuse, the method: host-independent (torch, numpy, scikit-image only; never ComfyUI)."""
 from .attention import cross_rows, salient_tokens, subject_maps, suppress_sinks
 from .lowrank import DenseTerm, LowRankTerm, MaskedLowRank
-from .superpixels import (MaskResult, masks_from_attention, owner_to_pixel_masks, owner_to_token_masks,
-                          resize_owner, slic_segments, upsample_maps, vote_owner)
+from .superpixels import (
+                          MaskResult,
+                          masks_from_attention,
+                          owner_to_pixel_masks,
+                          owner_to_token_masks,
+                          resize_owner,
+                          slic_segments,
+                          upsample_maps,
+                          vote_owner,
+)
 from .tokens import TokenPiece, find_subject_tokens
 
 __all__ = [

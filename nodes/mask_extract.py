@@ -14,7 +14,8 @@ class FreeFuseMaskExtract(io.ComfyNode):
                         "double block at one step, and votes one mask per LoRA subject (FreeFuse stage 1).",
             inputs=[
                 io.Model.Input("model", tooltip="The model from FreeFuse LoRA Loader(s)."),
-                io.Conditioning.Input("positive", tooltip="From FreeFuse Text Encode (Flux Guidance etc. in between is fine)."),
+                io.Conditioning.Input("positive", tooltip="From FreeFuse Text Encode (Flux Guidance etc. in "
+                                                          "between is fine)."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning; needed only with cfg above 1 "
                                               "(FLUX.1-dev samples at cfg 1)."),

@@ -21,8 +21,9 @@ def main(comfyui: str, models: str, workflows: list[str]) -> None:
     sys.argv = [sys.argv[0], "--cpu"]
     import comfy.options
     comfy.options.enable_args_parsing(True)
-    import nodes
     from safetensors.torch import save_file
+
+    import nodes
 
     asyncio.run(nodes.load_custom_node(str(PACK)))
     standin = importlib.import_module(str(PACK).replace(".", "_x_") + ".freefuse_comfy.standin")

@@ -79,7 +79,8 @@ def workflow(subjects: int, style: bool) -> dict:
     sampler = g.node("FreeFuseMaskedSampler", (1500, 200), ["restart"], inputs=[("freefuse_masks", "FREEFUSE_MASKS")],
                      outputs=[("LATENT", "LATENT")])
     g.link(extract, 0, sampler, "freefuse_masks")
-    decode = g.node("VAEDecode", (1840, 200), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")])
+    decode = g.node("VAEDecode", (1840, 200), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                    outputs=[("IMAGE", "IMAGE")])
     g.link(sampler, 0, decode, "samples")
     g.link(vae, 0, decode, "vae")
     save = g.node("SaveImage", (2080, 200), ["FreeFuse"], inputs=[("images", "IMAGE")], size=(400, 420))

@@ -63,6 +63,7 @@ def test_workflow_loads_with_every_node_type(page, path):
     assert missing == []
     assert page.evaluate("window.app.graph._nodes.length") == len(workflow["nodes"])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.6; c.ds.offset = [110, 90]; c.setDirty(true, true); }")
+    page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.6; c.ds.offset = [110, 90];"
+                  " c.setDirty(true, true); }")
     page.wait_for_timeout(300)  # one frame for the canvas to redraw before the screenshot
     page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))

@@ -3,7 +3,6 @@ import asyncio
 import sys
 
 import pytest
-
 from comfy_host import PACK, find_comfyui
 
 COMFYUI = find_comfyui()
@@ -19,6 +18,7 @@ comfy.cli_args.args.cpu = True
 comfy.cli_args.args.disable_api_nodes = True
 
 import folder_paths  # noqa: E402
+
 import nodes  # noqa: E402
 
 
@@ -41,7 +41,8 @@ def pack():
 @pytest.fixture()
 def lora_dir(tmp_path, monkeypatch):
     """A fresh models/loras folder for one test."""
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors", ".pt", ".ckpt"}))
+    extensions = {".safetensors", ".pt", ".ckpt"}
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], extensions))
     folder_paths.filename_list_cache.pop("loras", None)
     yield tmp_path
     folder_paths.filename_list_cache.pop("loras", None)

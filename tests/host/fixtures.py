@@ -1,8 +1,7 @@
 """Random LoRA files in the key formats users have, written from ComfyUI's own key map."""
+import comfy.lora
 import torch
 from safetensors.torch import save_file
-
-import comfy.lora
 
 FORMATS = {
     "kohya": ("lora_unet_", ".lora_down.weight", ".lora_up.weight"),

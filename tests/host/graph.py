@@ -2,9 +2,9 @@
 import importlib
 from dataclasses import dataclass, replace
 
+import comfy.sd
 import torch
 
-import comfy.sd
 import nodes
 
 PROMPT = "a photo of Alice on the left and Bob on the right, in a park"

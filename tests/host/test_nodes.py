@@ -1,10 +1,10 @@
 """The nodes in the real ComfyUI host (CPU, tiny Flux-architecture models built by ComfyUI)."""
+import comfy.model_management
 import pytest
 import torch
 from fixtures import write_lora
-from graph import module, PROMPT, empty_latent, make_world, masks_set_to, stock_lora, stock_sample
+from graph import PROMPT, empty_latent, make_world, masks_set_to, module, stock_lora, stock_sample
 
-import comfy.model_management
 import nodes
 
 NODE_IDS = ("FreeFuseLoraLoader", "FreeFuseTextEncode", "FreeFuseMaskExtract", "FreeFuseMaskedSampler",

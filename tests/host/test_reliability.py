@@ -2,15 +2,14 @@
 import pickle
 import re
 
+import comfy.model_management
 import pytest
 import torch
+from fixtures import write_lora
+from graph import empty_latent, make_world, module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from fixtures import write_lora
-from graph import module, empty_latent, make_world
 from safetensors.torch import save_file
-
-import comfy.model_management
 
 LOADER = "FreeFuse LoRA Loader"
 EXTRACT = re.escape("FreeFuse Mask Extract (step/block)")
