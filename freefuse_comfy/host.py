@@ -3,11 +3,9 @@
 Every other module of `freefuse_comfy/` and `nodes/` takes ComfyUI's pieces from here, so a
 ComfyUI API change touches one file and `freefuse_core/` stays free of the host.
 """
-import comfy.latent_formats as latent_formats
 import comfy.ldm.flux.model as flux_model
 import comfy.lora as comfy_lora
 import comfy.lora_convert as lora_convert
-import comfy.model_management as model_management
 import comfy.sample as comfy_sample
 import comfy.samplers as comfy_samplers
 import comfy.sd as comfy_sd
@@ -24,7 +22,7 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 __all__ = [
     "ComfyExtension", "PatcherInjection", "WrappersMP", "comfy_lora", "comfy_sample", "comfy_samplers", "comfy_sd",
-    "comfy_utils", "flux_model", "folder_paths", "io", "latent_formats", "latent_preview",
-    "lora_convert", "model_management", "sd1_clip", "supported_models", "supported_models_base",
+    "comfy_utils", "flux_model", "folder_paths", "io", "latent_preview",
+    "lora_convert", "sd1_clip", "supported_models", "supported_models_base",
     "taesd", "ui", "weight_adapter",
 ]
