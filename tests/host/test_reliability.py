@@ -196,3 +196,30 @@ def test_random_settings_give_a_result_or_a_documented_error(world, loras, steps
     else:
         assert out.shape[0] == batch and torch.isfinite(out).all()
     assert_clean(world, before)
+
+
+def test_six_subjects_with_a_batch_of_four(world, lora_dir):
+    names = ["Ann", "Ben", "Cid", "Dot", "Eve", "Fay"]
+    specs = [(write_lora(lora_dir, f"{n}.safetensors", world.model, "kohya", seed=i), n) for i, n in enumerate(names)]
+    prompt = world.encode("a group photo of Ann, Ben, Cid, Dot, Eve and Fay on a sofa")
+    masks = world.extract(world.loras(*specs), positive=prompt, latent=empty_latent(64, 64, batch=4))
+    assert masks.token_masks.shape == (4, 16, 6)
+    assert torch.equal(masks.token_masks.sum(-1), torch.ones(4, 16))
+    assert torch.isfinite(world.masked(masks)).all()
+
+
+def test_subject_without_a_region_is_warned_in_log_and_preview(world, loras, caplog, pack):
+    a, b = loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
+    sampling = module(pack, "freefuse_comfy.sampling")
+    maps = torch.zeros(1, 2, 16)
+    maps[0, 0] = 1.0  # Alice's map wins every superpixel
+    with caplog.at_level("WARNING"):
+        voted = sampling._vote([*world.loras((a, "Alice"), (b, "Bob")).get_attachment("freefuse_loras")], maps,
+                               masks.image, 1.0, 2, 1, masks.setup, masks.latent_at_step)
+    assert voted.empty_subjects == ("bob",)
+    assert "subject 'bob' won no superpixel" in caplog.text
+    legend = world.run("FreeFuseMaskPreview", freefuse_masks=voted, opacity=0.5)
+    assert legend[2] == "alice\nbob"
+    preview = module(pack, "freefuse_comfy.preview").legend(voted)
+    assert [e["empty"] for e in preview] == [False, True]
