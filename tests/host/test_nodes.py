@@ -216,3 +216,71 @@ def test_stock_sampling_of_the_base_model_is_unaffected_after_freefuse(world, tw
     world.masked(masks)
     after = stock_sample(world.model, masks.setup.positive, masks.setup.latent, masks.setup)
     torch.testing.assert_close(after, fresh, atol=0, rtol=0)
+
+
+def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch):
+    """Low VRAM: ComfyUI is made to load the model partially (1 MB budget), so most layers cast
+    their weights per call; the masked LoRA outputs must be unchanged."""
+    import comfy.model_management as mm
+
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model)
+    full = world.masked(masks)
+    mm.unload_all_models()
+    real = mm.LoadedModel.model_load
+    seen = []
+
+    def partial(self, lowvram_model_memory=0, force_patch_weights=False):
+        seen.append(1)
+        return real(self, 1024 * 1024, force_patch_weights)
+
+    monkeypatch.setattr(mm.LoadedModel, "model_load", partial)
+    low = world.masked(world.extract(model))
+    assert seen, "the partial load was not used"
+    lowvram_layers = [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+    assert lowvram_layers, "no layer was left to cast per call"
+    torch.testing.assert_close(low, full, atol=1e-5, rtol=1e-4)
+    monkeypatch.undo()
+    mm.unload_all_models()
+
+
+def _loha(model):
+    g = torch.Generator().manual_seed(5)
+    sd = {}
+    for key, path in (("double_blocks_0_img_attn_qkv", "double_blocks.0.img_attn.qkv"),
+                      ("single_blocks_1_linear2", "single_blocks.1.linear2")):
+        weight = model.model.state_dict()[f"diffusion_model.{path}.weight"]
+        for part, shape in (("hada_w1_a", (weight.shape[0], 2)), ("hada_w1_b", (2, weight.shape[1])),
+                            ("hada_w2_a", (weight.shape[0], 2)), ("hada_w2_b", (2, weight.shape[1]))):
+            sd[f"lora_unet_{key}.{part}"] = torch.randn(*shape, generator=g) * 0.2
+        sd[f"lora_unet_{key}.alpha"] = torch.tensor(2.0)
+    return sd
+
+
+@pytest.mark.parametrize("fmt", ["prefixed", "loha", "xlabs"])
+def test_more_lora_formats_match_the_stock_loader(world, lora_dir, fmt):
+    from fixtures import lora_state_dict
+    from safetensors.torch import save_file
+
+    if fmt == "prefixed":
+        ours_sd = stock_sd = lora_state_dict(world.model, "prefixed", seed=3)
+    elif fmt == "loha":
+        ours_sd = stock_sd = _loha(world.model)
+    else:  # XLabs names, which ComfyUI does not map; the stock side gets the same tensors in kohya names
+        g = torch.Generator().manual_seed(4)
+        down, up = torch.randn(4, 256, generator=g) * 0.05, torch.randn(768, 4, generator=g) * 0.05
+        ours_sd = {"double_blocks.1.processor.qkv_lora1.down.weight": down,
+                   "double_blocks.1.processor.qkv_lora1.up.weight": up}
+        stock_sd = {"lora_unet_double_blocks_1_img_attn_qkv.lora_down.weight": down,
+                    "lora_unet_double_blocks_1_img_attn_qkv.lora_up.weight": up}
+    save_file(ours_sd, str(lora_dir / "ours.safetensors"))
+    save_file(stock_sd, str(lora_dir / "stock.safetensors"))
+    masks = world.extract(world.loras(("ours.safetensors", "Alice")))
+    ours = stock_sample(world.loras(("ours.safetensors", "Alice")), masks.setup.positive, masks.setup.latent,
+                        masks.setup)
+    stock = stock_sample(stock_lora(world.model, "stock.safetensors"), masks.setup.positive, masks.setup.latent,
+                         masks.setup)
+    base = stock_sample(world.model, masks.setup.positive, masks.setup.latent, masks.setup)
+    assert not torch.allclose(stock, base, atol=1e-4), "the LoRA must matter for this test"
+    torch.testing.assert_close(ours, stock, **TOL)
