@@ -233,6 +233,18 @@ class Bench:
                                      setup.scheduler, combined, combined, setup.latent)[0]
 
 
+def lora_gib(model) -> float:
+    """GiB of LoRA tensors the FreeFuse injection holds on the GPU (its per-device casts)."""
+    injection = model.injections[glue.injection.INJECTION_KEY][0].inject.__self__
+    total = 0
+    for lowrank in injection.cast.values():
+        tensors = [lowrank.down, *(s.up for s in lowrank.slices if s.up is not None), *(t.delta for t in lowrank.dense)]
+        if lowrank.packed is not None:
+            tensors += [lowrank.packed.u]
+        total += sum(t.numel() * t.element_size() for t in tensors if t is not None and t.is_cuda)
+    return total / 2**30
+
+
 def measure(fn, repeats: int, name: str = ""):
     note(f"{name}: warm-up")
     fn()  # warm-up
@@ -295,12 +307,15 @@ def main_part(bench: Bench):
         rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats, "c")
     if "d" in todo:
         rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats, "d")
-    with StageTimer() as stages:
-        glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae")
+    stage_times = {}
+    for px in (256, 128):
+        with StageTimer() as stages:
+            glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae", px)
+        stage_times[px] = stages.totals
     extraction = timed(lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae"))[0]
     only_k = timed(lambda: nodes.common_ksampler(ours, 0, steps, 1.0, "euler", "simple", setup.positive,
                                                  setup.positive, setup.latent, last_step=6)[0])[0]
-    note(f"extraction {extraction:.3f} s, first k steps alone {only_k:.3f} s, stages {stages.totals}")
+    note(f"extraction {extraction:.3f} s, first k steps alone {only_k:.3f} s, stages {stage_times}")
     if "e" in todo:
         _, masks = bench.freefuse(setup, "restart")
         rows["e core hooks + masked conds"] = measure(lambda: bench.hooks(names, setup, masks), 1, "e")
@@ -310,7 +325,9 @@ def main_part(bench: Bench):
         "dynamic_vram": not ARGS.disable_dynamic_vram, "steps": steps, "size": size, "rank": rank,
         "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
         "first_run_after_lora_change": first,
-        "extraction_breakdown_seconds": stages.totals,
+        "extraction_breakdown_seconds": stage_times[256],
+        "extraction_breakdown_seconds_128px": stage_times[128],
+        "lora_gib_on_gpu": lora_gib(ours),
         "extraction_over_first_k_steps_seconds": extraction - only_k,
     }
 

@@ -52,7 +52,7 @@ class MaskPlan:
         if key not in self.cache:
             image = self.image.to(x.device, x.dtype).repeat(chunks, 1, 1)
             present = image.amax(dim=1, keepdim=True)
-            text = present.expand(-1, txt_len, -1)
+            text = present.expand(-1, txt_len, -1).contiguous()
             pooled = None if bool(present.all()) else present
             self.cache[key] = CallMasks(image=image, text=text, joint=torch.cat([text, image], dim=1),
                                         pooled=pooled)
