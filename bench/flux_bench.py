@@ -238,9 +238,7 @@ def lora_gib(model) -> float:
     injection = model.injections[glue.injection.INJECTION_KEY][0].inject.__self__
     total = 0
     for lowrank in injection.cast.values():
-        tensors = [lowrank.down, *(s.up for s in lowrank.slices if s.up is not None), *(t.delta for t in lowrank.dense)]
-        if lowrank.packed is not None:
-            tensors += [lowrank.packed.u]
+        tensors = [lowrank.down, *(s.up for s in lowrank.slices), *(t.delta for t in lowrank.dense)]
         total += sum(t.numel() * t.element_size() for t in tensors if t is not None and t.is_cuda)
     return total / 2**30
 

@@ -4,7 +4,8 @@
 
 For each linear layer kind of a Flux step: the base GEMM (`F.linear`, bf16) and the LoRA term of two
 rank-`r` LoRAs with binary masks through the torch path (mm, mask, addmm_ per slice) and the Triton
-path (two launches). Times are medians from `triton.testing.do_bench`; the step total weights each
+experiment in `triton_lowrank.py` (two launches; also writing the term first and letting cuBLAS add
+`x W^T` with beta = 1). Times are medians from `triton.testing.do_bench`; the step total weights each
 kind by how often it runs per step (19 double blocks, 38 single blocks). Needs no ComfyUI.
 """
 import argparse
@@ -14,8 +15,9 @@ from pathlib import Path
 import torch
 import triton.testing
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from freefuse_core import kernels  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+import triton_lowrank as kernels  # noqa: E402
+
 from freefuse_core.lowrank import LowRankTerm, MaskedLowRank  # noqa: E402
 
 H, MLP = 3072, 12288
@@ -33,8 +35,8 @@ def layer(tokens, d_in, d_out, parts, rank, loras, device):
     bounds = [0, H, 2 * H, 3 * H][:parts] + [d_out]
     terms = [LowRankTerm(l, torch.randn(rank, d_in) / d_in ** 0.5, torch.randn(stop - start, rank) * 0.01, start)
              for l in range(loras) for start, stop in zip(bounds[:-1], bounds[1:])]
-    layer = MaskedLowRank(terms, d_out)
-    fast, slow = layer.to(device, torch.bfloat16), layer.to(device, torch.bfloat16, fused=False)
+    slow = MaskedLowRank(terms, d_out).to(device, torch.bfloat16)
+    fast = kernels.PackedUp(slow.slices, d_out, device, torch.bfloat16)
     x = torch.randn(1, tokens, d_in, device=device, dtype=torch.bfloat16)
     w = torch.randn(d_out, d_in, device=device, dtype=torch.bfloat16) / d_in ** 0.5
     b = torch.zeros(d_out, device=device, dtype=torch.bfloat16)
@@ -43,32 +45,84 @@ def layer(tokens, d_in, d_out, parts, rank, loras, device):
     return fast, slow, x, w, b, mask
 
 
+def variants(packed, torch_path, x, w, b, mask):
+    """name -> callable giving the layer output `x W^T + b + LoRA term`."""
+    x2, f = x.view(-1, x.shape[-1]), mask.view(-1, mask.shape[-1])
+    linear = torch.nn.functional.linear
+
+    def rmw():
+        y = linear(x2, w, b)
+        kernels.add_up(y, kernels.masked_down(x2, torch_path.down, f, torch_path.owner), packed)
+        return y
+
+    def reorder(down_in_triton):
+        def run():
+            if down_in_triton:
+                h = kernels.masked_down(x2, torch_path.down, f, torch_path.owner)
+            else:
+                h = torch.mm(x2, torch_path.down.t())
+                h.mul_(f.index_select(-1, torch_path.owner))
+            y = torch.empty(x2.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
+            kernels.write_up(y, h, packed, b)
+            return y.addmm_(x2, w.t())
+        return run
+
+    out = torch.empty(x2.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
+    return {
+        "base": lambda: linear(x, w, b),
+        "base addmm_ beta=1": lambda: out.addmm_(x2, w.t()),
+        "torch": lambda: torch_path.add_to(linear(x, w, b), x, mask),
+        "triton rmw": rmw,
+        "reorder triton down": reorder(True),
+        "reorder cublas down": reorder(False),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--loras", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true", help="also try kernel block shapes on two layers")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
-    totals = {"base": 0.0, "torch": 0.0, "triton": 0.0}
-    print(f"{'layer':16s} {'base ms':>8s} {'torch +%':>9s} {'triton +%':>10s} {'err':>8s}")
+    totals = {}
+    names = None
     for name, (tokens, d_in, d_out, parts, count) in KINDS.items():
         fast, torch_path, x, w, b, mask = layer(tokens, d_in, d_out, parts, args.rank, args.loras, device)
-        base = triton.testing.do_bench(lambda: torch.nn.functional.linear(x, w, b), return_mode="median")
-        slow = triton.testing.do_bench(lambda: torch_path.add_to(torch.nn.functional.linear(x, w, b), x, mask),
-                                       return_mode="median")
-        want = torch_path.add_to(torch.nn.functional.linear(x, w, b), x, mask).float()
-        quick = triton.testing.do_bench(lambda: fast.add_to(torch.nn.functional.linear(x, w, b), x, mask),
-                                        return_mode="median")
-        got = fast.add_to(torch.nn.functional.linear(x, w, b), x, mask).float()
-        base_y = torch.nn.functional.linear(x, w, b).float()
-        err = float((got - want).norm() / (want - base_y).norm())
-        totals["base"] += count * base
-        totals["torch"] += count * slow
-        totals["triton"] += count * quick
-        print(f"{name:16s} {base:8.3f} {100 * (slow / base - 1):9.1f} {100 * (quick / base - 1):10.1f} {err:8.1e}")
-    print(f"per step: base {totals['base']:.1f} ms, with LoRA term: torch +{100 * (totals['torch'] / totals['base'] - 1):.1f} %, "
-          f"triton +{100 * (totals['triton'] / totals['base'] - 1):.1f} %")
+        runs = variants(fast, torch_path, x, w, b, mask)
+        if names is None:
+            names = list(runs)
+            print(f"{'layer':16s} {'base ms':>8s} " + " ".join(f"{n[:18]:>18s}" for n in names[1:])
+                  + "  (% over base; err)")
+        want = runs["torch"]().float()
+        delta = (want - runs["base"]().float()).norm()
+        times = {n: triton.testing.do_bench(fn, return_mode="median") for n, fn in runs.items()}
+        errs = {n: float((runs[n]().float() - want).norm() / delta) for n in names[2:]}
+        for n, t in times.items():
+            totals[n] = totals.get(n, 0.0) + count * t
+        print(f"{name:16s} {times['base']:8.3f} " + " ".join(
+            f"{100 * (times[n] / times['base'] - 1):10.1f} {errs.get(n, 0):7.0e}" for n in names[1:]))
+    print("per step (linear layers only): base %.1f ms; " % totals["base"] + ", ".join(
+        f"{n} +{100 * (t / totals['base'] - 1):.1f} %" for n, t in totals.items() if n != "base"))
+    if args.sweep:
+        sweep(args, device)
+
+
+def sweep(args, device):
+    for name in ("img qkv", "single linear1", "img mlp.2"):
+        tokens, d_in, d_out, parts, _ = KINDS[name]
+        for bm_up, bn_up, warps_up, bm_down, warps_down in [(64, 128, 4, 32, 4), (128, 128, 8, 32, 4),
+                                                             (64, 256, 8, 64, 4), (128, 64, 4, 16, 2),
+                                                             (32, 128, 4, 32, 8)]:
+            kernels.BLOCK_M_UP, kernels.BLOCK_N_UP, kernels.NUM_WARPS_UP = bm_up, bn_up, warps_up
+            kernels.BLOCK_M_DOWN, kernels.NUM_WARPS_DOWN = bm_down, warps_down
+            fast, torch_path, x, w, b, mask = layer(tokens, d_in, d_out, parts, args.rank, args.loras, device)
+            runs = variants(fast, torch_path, x, w, b, mask)
+            t = {n: triton.testing.do_bench(runs[n], return_mode="median")
+                 for n in ("base", "triton rmw", "reorder triton down", "reorder cublas down")}
+            print(f"sweep {name:15s} up {bm_up}x{bn_up} w{warps_up} down {bm_down} w{warps_down}: " + ", ".join(
+                f"{n} +{100 * (v / t['base'] - 1):.1f}%" for n, v in t.items() if n != "base"))
 
 
 if __name__ == "__main__":

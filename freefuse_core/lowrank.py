@@ -6,8 +6,6 @@ Fast path: every LoRA's `A` stacked into one `[R, in]` matrix (one matmul), the 
 `[.., R]` by each rank row's subject, then one matmul per output slice with the stacked `s B`.
 Slices serve fused layers: Flux's `qkv` (q, k, v thirds) and `linear1` (q, k, v, MLP-in).
 Already materialised deltas (LoHa, LoKr) are `DenseTerm`s: `F_l (dW_l x)`.
-On CUDA in half precision the stacked path is two Triton launches (`kernels`): the masked down
-projection and every slice's up projection added into `y`.
 """
 from __future__ import annotations
 
@@ -15,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-from . import kernels
 
 
 @dataclass(frozen=True)
@@ -61,25 +57,15 @@ class MaskedLowRank:
             slices.append(_Slice(start, start + rows, slice(rank, rank + width), up))
             rank += width
         self.slices = tuple(slices)
-        self.packed = None
 
-    def to(self, device, dtype, fused: bool = True) -> MaskedLowRank:
-        """A copy with every tensor on `device` in `dtype` (the owner index stays int64).
-
-        `fused` (and Triton usable there): the up matrices are packed for the kernels and not kept
-        twice; otherwise the copy runs the torch path.
-        """
+    def to(self, device, dtype) -> MaskedLowRank:
+        """A copy with every tensor on `device` in `dtype` (the owner index stays int64)."""
         moved = object.__new__(MaskedLowRank)
         moved.terms, moved.out_features, moved.subjects = self.terms, self.out_features, self.subjects
         moved.dense = tuple(DenseTerm(t.subject, t.delta.to(device, dtype), t.out_start) for t in self.dense)
         moved.down = None if self.down is None else self.down.to(device, dtype)
         moved.owner = self.owner.to(device)
-        moved.packed = None
-        if fused and self.slices and kernels.available(torch.empty(0, device=device, dtype=dtype)):
-            moved.packed = kernels.PackedUp(self.slices, self.out_features, device, dtype)
-            moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, None) for s in self.slices)
-        else:
-            moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, s.up.to(device, dtype)) for s in self.slices)
+        moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, s.up.to(device, dtype)) for s in self.slices)
         return moved
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -95,11 +81,7 @@ class MaskedLowRank:
         y2 = y.view(-1, y.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         f = None if mask is None else mask.reshape(-1, mask.shape[-1])
-        if self.packed is not None:
-            f = None if f is None else f.contiguous()
-            h = kernels.masked_down(x2.contiguous(), self.down, f, self.owner)
-            kernels.add_up(y2, h, self.packed)
-        elif self.down is not None:
+        if self.down is not None:
             h = torch.mm(x2, self.down.t())
             if f is not None:
                 h.mul_(f.to(h.dtype).index_select(-1, self.owner))
