@@ -83,9 +83,13 @@ def main():
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--loras", type=int, default=2)
     parser.add_argument("--sweep", action="store_true", help="also try kernel block shapes on two layers")
+    parser.add_argument("--parts", action="store_true", help="instead, time each piece of the LoRA term alone")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
+    if args.parts:
+        pieces(args, device)
+        return
     totals = {}
     names = None
     for name, (tokens, d_in, d_out, parts, count) in KINDS.items():
@@ -107,6 +111,34 @@ def main():
         f"{n} +{100 * (t / totals['base'] - 1):.1f} %" for n, t in totals.items() if n != "base"))
     if args.sweep:
         sweep(args, device)
+
+
+def pieces(args, device):
+    """Each piece of the LoRA term alone, to see where its time goes."""
+    for name in ("img qkv", "img mlp.2", "single linear1"):
+        tokens, d_in, d_out, n_parts, _ = KINDS[name]
+        packed, path, x, w, b, mask = layer(tokens, d_in, d_out, n_parts, args.rank, args.loras, device)
+        x2, f = x.view(-1, d_in), mask.view(-1, mask.shape[-1])
+        h = torch.mm(x2, path.down.t())
+        y = torch.nn.functional.linear(x2, w, b)
+        fo = f.index_select(-1, path.owner)
+        hT = torch.empty(path.down.shape[0], tokens, device=device, dtype=x.dtype)
+        named = {
+            "base": lambda: torch.nn.functional.linear(x2, w, b),
+            "mm x A^T": lambda: torch.mm(x2, path.down.t()),
+            "mm A x^T (transposed out)": lambda: torch.mm(path.down, x2.t(), out=hT),
+            "triton down (masked)": lambda: kernels.masked_down(x2, path.down, f, path.owner),
+            "index_select mask": lambda: f.index_select(-1, path.owner),
+            "mul_ mask": lambda: h.mul_(fo),
+            "addmm_ slices": lambda: [y[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t()) for s in path.slices],
+            "triton add_up": lambda: kernels.add_up(y, h, packed),
+            "triton write_up": lambda: kernels.write_up(y, h, packed, b),
+            "y.add_(y) (one output RMW)": lambda: y.add_(y),
+            "x.clone() (one input read+write)": lambda: x2.clone(),
+        }
+        for piece, fn in named.items():
+            t = triton.testing.do_bench(fn, return_mode="median")
+            print(f"parts {name:15s} {piece:34s} {1000 * t:8.1f} us")
 
 
 def sweep(args, device):

@@ -147,6 +147,16 @@ def main() -> None:
         "cost more than the byte count predicts. Meeting 1.08 needs the term inside the base GEMM's main loop "
         "(an extra K segment `[x | h] [W | B]^T`), which needs either a weight copy (not allowed: +24 GB) or a "
         "custom GEMM as fast as cuBLAS; neither was done.",
+        "",
+        "Each piece alone (`python3 bench/layer_bench.py --parts`, `docs/bench/layer_parts.txt`), microseconds:",
+        "",
+        "```",
+        *(RESULTS / "layer_parts.txt").read_text().splitlines(),
+        "```",
+        "",
+        "One read plus one write of the output (`y.add_(y)`) alone costs 16 % of the base GEMM at `qkv` and 15 % "
+        "at `linear1`: the floor of any term added outside the base GEMM, before the down projection's read of `x`.",
+        "",
         f"LoRA tensors the FreeFuse injection holds on the GPU for this benchmark: {lora_gib():.2f} GiB "
         "(`lora_gib_on_gpu` in `docs/bench/main_triton.json`), already above the 0.5 GiB memory target.",
     ]
