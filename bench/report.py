@@ -157,6 +157,17 @@ def main() -> None:
         "One read plus one write of the output (`y.add_(y)`) alone costs 16 % of the base GEMM at `qkv` and 15 % "
         "at `linear1`: the floor of any term added outside the base GEMM, before the down projection's read of `x`.",
         "",
+        "A fused kernel needs a GEMM as fast as cuBLAS. `python3 bench/triton_gemm.py` (`docs/bench/triton_gemm.txt`) "
+        "times a plain Triton GEMM (pointer loads, grouped tiles, the best of 7 block shapes) and the same kernel "
+        "with the LoRA up projection as one more `tl.dot` per tile, as multiples of cuBLAS:",
+        "",
+        "```",
+        *(RESULTS / "triton_gemm.txt").read_text().splitlines(),
+        "```",
+        "",
+        "The Triton GEMM alone is 1.24-1.41x cuBLAS, far more than the LoRA term costs today, so fusing this way "
+        "loses; a TMA / warp-specialised Hopper GEMM would be the next attempt.",
+        "",
         f"LoRA tensors the FreeFuse injection holds on the GPU for this benchmark: {lora_gib():.2f} GiB "
         "(`lora_gib_on_gpu` in `docs/bench/main_triton.json`), already above the 0.5 GiB memory target.",
     ]
