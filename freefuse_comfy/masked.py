@@ -6,6 +6,9 @@ uncond chunks each hold the whole latent batch) and to the layer streams: image 
 text tokens and pooled layers (no spatial axis) use `P_l = max_n F_l(n)`, 1 when the subject owns
 any region of that image and 0 when it owns none; single-block tokens `[P; F]`. So text rows are
 not masked, and a subject without a region has no effect at all (all masks 0 = no LoRA).
+Pooled layers (embedders, modulation) act on every token of the image at once (shift, scale,
+gate); with `modulation="drop"` the subject LoRAs' terms there are 0 while sampling with masks
+(global LoRAs keep theirs).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from .injection import CallMasks, CallScope, loras_of
 from .sampling import SAMPLER_NODE, WRAPPER_KEY, FreeFuseMasks, latent_image_of, noise_of, run_sampler
 
 MODES = ("restart", "continue")
+MODULATION = ("keep", "drop")
 
 
 def lora_columns(masks: FreeFuseMasks, model) -> torch.Tensor:
@@ -37,9 +41,10 @@ def lora_columns(masks: FreeFuseMasks, model) -> torch.Tensor:
 class MaskPlan:
     """Builds the CallMasks of one evaluation from the image-token factors `[B, N, n_loras]`."""
 
-    def __init__(self, image: torch.Tensor, grid: tuple[int, int]):
+    def __init__(self, image: torch.Tensor, grid: tuple[int, int], pooled_off: tuple[int, ...] = ()):
         self.image = image
         self.grid = grid
+        self.pooled_off = list(pooled_off)   # LoRA columns whose pooled-layer (modulation) terms are 0
         self.cache: dict[tuple, CallMasks] = {}
 
     def for_call(self, x: torch.Tensor, txt_len: int, chunks: int) -> CallMasks:
@@ -53,7 +58,9 @@ class MaskPlan:
             image = self.image.to(x.device, x.dtype).repeat(chunks, 1, 1)
             present = image.amax(dim=1, keepdim=True)
             text = present.expand(-1, txt_len, -1).contiguous()
-            pooled = None if bool(present.all()) else present
+            pooled = present.clone()
+            pooled[..., self.pooled_off] = 0
+            pooled = None if bool(pooled.all()) else pooled
             self.cache[key] = CallMasks(image=image, text=text, joint=torch.cat([text, image], dim=1),
                                         pooled=pooled)
         return self.cache[key]
@@ -72,20 +79,24 @@ def _mask_wrapper(plan: MaskPlan):
     return wrapper
 
 
-def masked_model(masks: FreeFuseMasks):
+def masked_model(masks: FreeFuseMasks, modulation: str = "keep"):
     """A clone of the extraction's model whose LoRAs act through `masks`."""
+    if modulation not in MODULATION:
+        raise ValueError(f"{SAMPLER_NODE}: input 'modulation' is '{modulation}'; choose one of "
+                         f"{', '.join(MODULATION)}.")
     model = masks.setup.model.clone()
-    plan = MaskPlan(lora_columns(masks, model), masks.grid)
+    off = tuple(i for i, lora in enumerate(loras_of(model)) if lora.is_subject) if modulation == "drop" else ()
+    plan = MaskPlan(lora_columns(masks, model), masks.grid, off)
     model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _mask_wrapper(plan))
     return model
 
 
-def sample_masked(masks: FreeFuseMasks, mode: str) -> dict:
+def sample_masked(masks: FreeFuseMasks, mode: str, modulation: str = "keep") -> dict:
     """Stage 2 in `mode`: 'restart' from step 0 with the same seed, or 'continue' from step k."""
     if mode not in MODES:
         raise ValueError(f"{SAMPLER_NODE}: input 'mode' is '{mode}'; choose one of {', '.join(MODES)}.")
     setup = masks.setup
-    model = masked_model(masks)
+    model = masked_model(masks, modulation)
     callback = latent_preview.prepare_callback(model, setup.steps)
     if mode == "restart":
         samples = run_sampler(model, setup, noise_of(setup), latent_image_of(setup), callback)

@@ -1,5 +1,5 @@
 from ..freefuse_comfy.host import io
-from ..freefuse_comfy.masked import MODES, sample_masked
+from ..freefuse_comfy.masked import MODES, MODULATION, sample_masked
 from .types import FreeFuseMasksType
 
 
@@ -18,10 +18,15 @@ class FreeFuseMaskedSampler(io.ComfyNode):
                                tooltip="'restart': sample again from step 0 with the masks from the start "
                                        "(default; kept both characters right far more often on a trained "
                                        "test model). 'continue': go on from step k (fewer steps, faster)."),
+                io.Combo.Input("modulation", options=list(MODULATION), default="keep", advanced=True, optional=True,
+                               tooltip="Subject LoRAs' terms on the layers that act on the pooled vector "
+                                       "(time, guidance and text embedders, and the modulation that shifts and "
+                                       "scales every token at once): 'keep' on wherever the subject has a "
+                                       "region (paper), 'drop' off while sampling with masks."),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent; decode it with VAE Decode.")],
         )
 
     @classmethod
-    def execute(cls, *, freefuse_masks, mode: str) -> io.NodeOutput:
-        return io.NodeOutput(sample_masked(freefuse_masks, mode))
+    def execute(cls, *, freefuse_masks, mode: str, modulation: str = "keep") -> io.NodeOutput:
+        return io.NodeOutput(sample_masked(freefuse_masks, mode, modulation))

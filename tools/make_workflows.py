@@ -76,7 +76,8 @@ def workflow(subjects: int, style: bool) -> dict:
     g.link(guidance, 0, extract, "positive")
     g.link(latent, 0, extract, "latent_image")
     g.link(vae, 0, extract, "vae")
-    sampler = g.node("FreeFuseMaskedSampler", (1500, 200), ["restart"], inputs=[("freefuse_masks", "FREEFUSE_MASKS")],
+    sampler = g.node("FreeFuseMaskedSampler", (1500, 200), ["restart", "keep"],
+                     inputs=[("freefuse_masks", "FREEFUSE_MASKS")],
                      outputs=[("LATENT", "LATENT")])
     g.link(extract, 0, sampler, "freefuse_masks")
     decode = g.node("VAEDecode", (1840, 200), inputs=[("samples", "LATENT"), ("vae", "VAE")],

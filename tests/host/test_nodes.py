@@ -2,14 +2,16 @@
 import comfy.model_management
 import pytest
 import torch
-from fixtures import write_lora
+from fixtures import lora_state_dict, write_lora
 from graph import PROMPT, empty_latent, make_world, masks_set_to, module, stock_lora, stock_sample
+from safetensors.torch import save_file
 
 import nodes
 
 NODE_IDS = ("FreeFuseLoraLoader", "FreeFuseTextEncode", "FreeFuseMaskExtract", "FreeFuseMaskedSampler",
             "FreeFuseMaskPreview")
 TOL = dict(atol=2e-5, rtol=1e-4)
+POOLED = ("_mod_lin.", "_modulation_lin.", "time_in_", "vector_in_", "guidance_in_", "adaLN_modulation")  # kohya
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,26 @@ def test_all_ones_masks_equal_stock_loras_and_zero_mask_removes_a_lora(world, tw
     torch.testing.assert_close(world.masked(masks_set_to(masks, torch.ones(2))), stock_both, **TOL)
     torch.testing.assert_close(world.masked(masks_set_to(masks, torch.tensor([0.0, 1.0]))), stock_bob, **TOL)
     assert_unchanged(world.model, before)
+
+
+def test_modulation_drop_equals_the_lora_without_its_modulation_layers(world, lora_dir):
+    sd = lora_state_dict(world.model, "kohya", rank=4, seed=3)
+    modulation = [k for k in sd if any(p in k for p in POOLED)]
+    assert modulation and len(modulation) < len(sd)
+    save_file(sd, str(lora_dir / "alice.safetensors"))
+    save_file({k: v for k, v in sd.items() if k not in modulation}, str(lora_dir / "alice_nomod.safetensors"))
+    masks = masks_set_to(world.extract(world.loras(("alice.safetensors", "Alice"))), torch.ones(1))
+    setup = masks.setup
+
+    def masked(modulation):
+        return world.run("FreeFuseMaskedSampler", freefuse_masks=masks, mode="restart",
+                         modulation=modulation)[0]["samples"]
+
+    without = stock_sample(stock_lora(world.model, "alice_nomod.safetensors"), setup.positive, setup.latent, setup)
+    torch.testing.assert_close(masked("drop"), without, **TOL)
+    torch.testing.assert_close(masked("keep"), stock_sample(stock_lora(world.model, "alice.safetensors"),
+                                                            setup.positive, setup.latent, setup), **TOL)
+    assert not torch.allclose(masked("keep"), without, atol=1e-3), "the modulation terms must matter here"
 
 
 def test_masks_partition_and_preview_outputs(world, two_loras):
