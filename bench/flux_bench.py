@@ -31,7 +31,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--comfyui", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes"])
+    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile"])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
@@ -369,6 +369,32 @@ def sizes_part(bench: Bench):
     return out
 
 
+def profile_part(bench: Bench):
+    """torch.profiler over 8 steps of the merged model (b) and the masked model (c's stage 2)."""
+    from torch.profiler import ProfilerActivity, profile
+    names = bench.loras(ARGS.rank, 2)
+    setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, 8)
+    masks = glue.sampling.extract(setup, bench.vae, 6, 1 if ARGS.small else 16, True, 1.0, "vae")
+    out = {}
+    for name, model in (("b merged", bench.merged(names)), ("c masked", glue.masked.masked_model(masks))):
+        run = lambda: nodes.common_ksampler(model, 0, 8, 1.0, "euler", "simple", setup.positive,  # noqa: E731
+                                            setup.positive, setup.latent)
+        run()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+        sync()
+        start = time.perf_counter()
+        with profile(activities=activities) as prof:
+            run()
+            sync()
+        wall = time.perf_counter() - start
+        table = prof.key_averages().table(sort_by="self_cuda_time_total" if DEVICE.type == "cuda"
+                                          else "self_cpu_time_total", row_limit=18, max_name_column_width=48)
+        gpu = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+        out[name] = {"wall_s": wall, "gpu_busy_s": gpu}
+        print(f"== {name}: wall {wall:.3f} s (profiled), GPU kernel time {gpu:.3f} s\n{table}")
+    return out
+
+
 def main():
     note("building the model")
     bench = Bench()
@@ -393,7 +419,8 @@ def main():
         if "c FreeFuse continue" in rows:
             print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
-        result = subjects_part(bench) if ARGS.part == "subjects" else sizes_part(bench)
+        parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part}
+        result = parts[ARGS.part](bench)
         (out / f"{ARGS.part}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))
 

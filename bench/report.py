@@ -49,6 +49,12 @@ def triton_run(row: str) -> str:
     return f"{rows[name]['over_b']:.2f}"
 
 
+def profile_line(name: str) -> str:
+    """'Self CUDA time total' of the profile section `name`."""
+    text = (RESULTS / "profile.txt").read_text().split(f"== {name}:")[1]
+    return next(line.split(":")[1].strip() for line in text.splitlines() if line.startswith("Self CUDA time total"))
+
+
 def lora_gib() -> float:
     return json.loads((RESULTS / "main_triton.json").read_text())["lora_gib_on_gpu"]
 
@@ -167,6 +173,11 @@ def main() -> None:
         "",
         "The Triton GEMM alone is 1.24-1.41x cuBLAS, far more than the LoRA term costs today, so fusing this way "
         "loses; a TMA / warp-specialised Hopper GEMM would be the next attempt.",
+        "",
+        "Profile of 8 steps at 1024 px (`python3 bench/flux_bench.py --part profile`, `docs/bench/profile.txt`): "
+        f"GPU kernel time {profile_line('b merged')} for the merged model and {profile_line('c masked')} for the "
+        "masked model; the cuBLAS kernels that add into an existing output (`..._badd_...`: the up projection's "
+        "`addmm_`) account for most of the difference.",
         "",
         f"LoRA tensors the FreeFuse injection holds on the GPU for this benchmark: {lora_gib():.2f} GiB "
         "(`lora_gib_on_gpu` in `docs/bench/main_triton.json`), already above the 0.5 GiB memory target.",
