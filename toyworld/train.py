@@ -1,0 +1,239 @@
+"""Train the toy world: the base Flux with its text embedding, then one rank-8 LoRA per LoRA character.
+
+    python3 toyworld/train.py --out toyworld/checkpoints [--device cuda] [--seed 0]
+    python3 toyworld/train.py --out /tmp/toy --quick          # seconds on a CPU: the whole pipeline, tiny
+
+Base: rectified flow as Flux is trained, `x = (1 - s) z0 + s e`, loss `|(x0_hat - z0) / s|^2` (the
+velocity error), `s` logit-normal, through ComfyUI's own `apply_model`, on scenes of 1-3 roster
+characters with their captions. LoRAs: the base and the text encoder frozen, `y += (x A^T) B^T` on
+every linear layer of the double and single blocks (modulation included, as trainers do), trained
+only on single-character scenes of their character's new look under its name. Written as
+safetensors in ComfyUI's own key format (`diffusion_model.<layer>.lora_down.weight`, ...).
+Everything is drawn from `--seed`; the same seed and device give the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ARGS.add_argument("--out", type=Path, required=True)
+ARGS.add_argument("--device", default="cpu")
+ARGS.add_argument("--seed", type=int, default=0)
+ARGS.add_argument("--base-steps", type=int, default=6000)
+ARGS.add_argument("--lora-steps", type=int, default=800)
+ARGS.add_argument("--batch", type=int, default=64)
+ARGS.add_argument("--max-minutes", type=float, default=0, help="stop the base training early (0: never)")
+ARGS.add_argument("--quick", action="store_true", help="a few steps of everything, to check the pipeline")
+ARGS = ARGS.parse_args()
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from boot import boot  # noqa: E402
+
+pack, toy, world = boot(ARGS.device)
+import comfy.model_management  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+log = logging.getLogger("toyworld.train")
+RANK = 8
+
+
+class Captions:
+    """T5 ids of captions through ComfyUI's tokenizer (cached) and the toy text encoding."""
+
+    def __init__(self, clip, device):
+        self.clip, self.device, self.cache = clip, device, {}
+        self.embedding, self.norm = toy.embedding_table(clip)
+
+    def ids(self, captions: list[str]) -> torch.Tensor:
+        for c in captions:
+            if c not in self.cache:
+                self.cache[c] = [t[0] for t in self.clip.tokenize(c)["t5xxl"][0]]
+        return torch.tensor([self.cache[c] for c in captions], device=self.device)
+
+    def encode(self, captions: list[str]) -> torch.Tensor:
+        return self.norm(self.embedding(self.ids(captions)))
+
+
+def init_flux(diffusion_model, generator):
+    """Default Linear init, norm scales 1, and the modulation and final layers at zero (ComfyUI's
+    layers skip initialisation: every parameter is set here)."""
+    for name, module in diffusion_model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            bound = 1 / module.in_features ** 0.5
+            with torch.no_grad():
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            if "mod" in name or name.startswith("final_layer"):
+                torch.nn.init.zeros_(module.weight)
+    linear = {f"{n}.{k}" for n, m in diffusion_model.named_modules() if isinstance(m, torch.nn.Linear)
+              for k, _ in m.named_parameters(recurse=False)}
+    for name, p in diffusion_model.named_parameters():
+        if name not in linear:
+            torch.nn.init.ones_(p) if "norm" in name or name.endswith("scale") else torch.nn.init.zeros_(p)
+
+
+def random_casts(generator, roster, batch: int, counts=(1, 2, 3), weights=(0.25, 0.6, 0.15)):
+    ns = torch.multinomial(torch.tensor(weights), batch, replacement=True, generator=generator) + counts[0]
+    return [[roster[i] for i in torch.randperm(len(roster), generator=generator)[:n].tolist()] for n in ns.tolist()]
+
+
+def flow_loss(model, captions: Captions, z0, texts, generator):
+    batch = z0.shape[0]
+    s = torch.sigmoid(torch.randn(batch, generator=generator)).to(z0.device).clamp(0.02, 0.98)
+    noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+    x = (1 - s[:, None, None, None]) * z0 + s[:, None, None, None] * noise
+    context = captions.encode(texts)
+    pooled = torch.zeros(batch, toy.FLUX["vec_in_dim"], device=z0.device)
+    denoised = model.apply_model(x, s, c_crossattn=context, y=pooled)
+    return (((denoised - z0) / s[:, None, None, None]) ** 2).mean()
+
+
+def train_base(model, captions: Captions, roster, steps: int, generator, device) -> list[float]:
+    init_flux(model.diffusion_model, generator)
+    with torch.no_grad():
+        captions.embedding.weight.normal_(0, 1, generator=generator)
+    params = list(model.diffusion_model.parameters()) + list(captions.embedding.parameters()) \
+        + list(captions.norm.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: min(1.0, (i + 1) / 200) * (
+        1.0 if i < 0.7 * steps else 0.3))
+    losses = []
+    start = time.perf_counter()
+    for step in range(steps):
+        if ARGS.max_minutes and time.perf_counter() - start > 60 * ARGS.max_minutes:
+            log.info("base training stopped by --max-minutes at step %d", step)
+            break
+        batch = world.scenes(random_casts(generator, roster, ARGS.batch), generator)
+        z0, _ = world.render(batch, device)
+        loss = flow_loss(model, captions, z0, batch.captions, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 500 == 0:
+            log.info("base step %d loss %.4f", step, sum(losses[-100:]) / len(losses[-100:]))
+    return losses
+
+
+class LoraHooks:
+    """`y += (x A^T) B^T` on every linear layer of the double and single blocks (B starts at 0)."""
+
+    def __init__(self, diffusion_model, generator, device):
+        self.layers = {}
+        self.handles = []
+        for name, module in diffusion_model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith(("double_blocks.", "single_blocks.")):
+                down = (torch.randn(RANK, module.in_features, generator=generator) / module.in_features ** 0.5)
+                down = down.to(device).requires_grad_()
+                up = torch.zeros(module.out_features, RANK, device=device, requires_grad=True)
+                self.layers[name] = (down, up)
+                self.handles.append(module.register_forward_hook(self._hook(down, up)))
+
+    @staticmethod
+    def _hook(down, up):
+        def hook(module, inputs, output):
+            return output + (inputs[0] @ down.t()) @ up.t()
+        return hook
+
+    def parameters(self):
+        return [t for pair in self.layers.values() for t in pair]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        sd = {}
+        for name, (down, up) in self.layers.items():
+            sd[f"diffusion_model.{name}.lora_down.weight"] = down.detach().cpu().to(torch.float16).contiguous()
+            sd[f"diffusion_model.{name}.lora_up.weight"] = up.detach().cpu().to(torch.float16).contiguous()
+            sd[f"diffusion_model.{name}.alpha"] = torch.tensor(float(RANK), dtype=torch.float16)
+        return sd
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def train_lora(model, captions: Captions, character, steps: int, generator, device) -> tuple[dict, list[float]]:
+    hooks = LoraHooks(model.diffusion_model, generator, device)
+    optimiser = torch.optim.Adam(hooks.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        batch = world.scenes([[character]] * (ARGS.batch // 2), generator)
+        z0, _ = world.render(batch, device)
+        loss = flow_loss(model, captions, z0, batch.captions, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    hooks.remove()
+    return hooks.state_dict(), losses
+
+
+def text_state_dict(captions: Captions) -> dict[str, torch.Tensor]:
+    ids = torch.tensor(sorted({i for row in captions.cache.values() for i in row}))
+    return {"ids": ids.to(torch.int32), "rows": captions.embedding.weight.detach()[ids].cpu().to(torch.float16),
+            "norm": captions.norm.weight.detach().cpu().float()}
+
+
+def every_caption(roster) -> list[str]:
+    """All captions the world can write, so the stored embedding covers each of their tokens."""
+    names = [c.name for c in roster]
+    out = [world.caption([a]) for a in names]
+    out += [world.caption([a, b]) for a in names for b in names if a != b]
+    out += [world.caption([a, b, c]) for a in names[:6] for b in names[:6] for c in names[:6] if len({a, b, c}) == 3]
+    return out
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(ARGS.device)
+    torch.manual_seed(ARGS.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    comfy.model_management.in_training = True   # differentiable RoPE (ComfyUI's fast one has no backward)
+    generator = torch.Generator().manual_seed(ARGS.seed)
+    roster = world.roster(ARGS.seed)
+    looks = world.lora_characters(roster, ARGS.seed)
+    patcher, clip = toy.flux_model(), toy.text_encoder()
+    model = patcher.model.to(device)
+    clip.cond_stage_model.to(device)
+    captions = Captions(clip, device)
+    captions.ids(every_caption(roster))
+    steps = (20, 5) if ARGS.quick else (ARGS.base_steps, ARGS.lora_steps)
+    start = time.perf_counter()
+    base_losses = train_base(model, captions, roster, steps[0], generator, device)
+    base_seconds = time.perf_counter() - start
+    ARGS.out.mkdir(parents=True, exist_ok=True)
+    (ARGS.out / "loras").mkdir(exist_ok=True)
+    model.requires_grad_(False)
+    captions.embedding.requires_grad_(False)
+    captions.norm.requires_grad_(False)
+    save_file({k: v.detach().cpu().to(torch.float16).contiguous()
+               for k, v in model.diffusion_model.state_dict().items()}, str(ARGS.out / toy.FILES["model"]))
+    save_file(text_state_dict(captions), str(ARGS.out / toy.FILES["text"]))
+    lora_losses = {}
+    for look in looks:
+        sd, lora_losses[look.name] = train_lora(model, captions, look, steps[1], generator, device)
+        save_file(sd, str(ARGS.out / "loras" / f"toy_{look.name}.safetensors"))
+    report = {"seed": ARGS.seed, "device": str(device), "base_steps": len(base_losses), "lora_steps": steps[1],
+              "batch": ARGS.batch, "base_seconds": base_seconds, "seconds": time.perf_counter() - start,
+              "base_loss_last_100": sum(base_losses[-100:]) / len(base_losses[-100:]),
+              "lora_loss_last_100": {k: sum(v[-100:]) / len(v[-100:]) for k, v in lora_losses.items()},
+              "roster": [c.name for c in roster], "lora_characters": [c.name for c in looks]}
+    (ARGS.out / "training.json").write_text(json.dumps(report, indent=1))
+    log.info("%s", json.dumps(report))
+
+
+if __name__ == "__main__":
+    # ComfyUI turns gradients off when it loads, and its Flux blocks add into their inputs in place
+    # (`x += ...`): tensors saved for the backward pass are copied as they are saved.
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, lambda t: t):
+        main()
