@@ -96,9 +96,6 @@ def flow_loss(model, captions: Captions, z0, texts, generator):
 
 
 def train_base(model, captions: Captions, roster, steps: int, generator, device) -> list[float]:
-    init_flux(model.diffusion_model, generator)
-    with torch.no_grad():
-        captions.embedding.weight.normal_(0, 1, generator=generator)
     params = list(model.diffusion_model.parameters()) + list(captions.embedding.parameters()) \
         + list(captions.norm.parameters())
     for p in params:
@@ -203,6 +200,9 @@ def main():
     roster = world.roster(ARGS.seed)
     looks = world.lora_characters(roster, ARGS.seed)
     patcher, clip = toy.flux_model(), toy.text_encoder()
+    init_flux(patcher.model.diffusion_model, generator)
+    with torch.no_grad():
+        toy.embedding_table(clip)[0].weight.normal_(0, 1, generator=generator)
     model = patcher.model.to(device)
     clip.cond_stage_model.to(device)
     captions = Captions(clip, device)
