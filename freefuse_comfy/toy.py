@@ -2,8 +2,9 @@
 
 - Diffusion model: Flux with 3 double + 3 single blocks, hidden 192 (6 heads of 32), context 64,
   pooled 32, no guidance embedding; a ModelPatcher like the one `UNETLoader` gives.
-- Text encoder: Flux's CLIP-L + T5 pair with the real tokenizers. T5 has no layers: its output is
-  `RMSNorm(E[id])`, a learned embedding per T5 token id (only the world's tokens are stored).
+- Text encoder: Flux's CLIP-L + T5 pair with the real tokenizers. T5 is one layer of width 64: a
+  learned embedding per T5 token id (only the world's tokens are stored) and one attention layer
+  whose relative position bias tells the model which name stands next to which layout word.
   CLIP-L is all zeros, so the pooled vector is 0.
 - VAE: a TAESD whose decoder is set by hand to `rgb = A z + 1/2` per latent pixel, upsampled 8x
   (`z` the model-space latent): every identity vector becomes a colour. It only decodes.
@@ -30,7 +31,7 @@ FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_di
         "axes_dim": [4, 14, 14], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
         "txt_ids_dims": []}
 TEXT = {"dtype": torch.float32,
-        "t5xxl_model_config": {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 2, "num_layers": 0},
+        "t5xxl_model_config": {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 2, "num_layers": 1},
         "clip_l_model_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
                                 "num_hidden_layers": 1, "projection_dim": 32}}
 FILES = {"model": "toy_flux.safetensors", "text": "toy_text.safetensors"}
@@ -54,7 +55,8 @@ def flux_model(state_dict: dict[str, torch.Tensor] | None = None):
 
 
 def text_encoder(state_dict: dict[str, torch.Tensor] | None = None):
-    """The toy text encoder as a ComfyUI CLIP; `state_dict` holds `ids`, `rows` and `norm`."""
+    """The toy text encoder as a ComfyUI CLIP; `state_dict` holds the embedding `rows` of the T5 `ids`
+    the world uses and every other T5 weight under `t5.`."""
     target = supported_models.Flux(dict(FLUX)).clip_target()
     clip = comfy_sd.CLIP(target=supported_models_base.ClipTarget(target.tokenizer, target.clip), model_options=TEXT)
     with torch.no_grad():
@@ -64,14 +66,17 @@ def text_encoder(state_dict: dict[str, torch.Tensor] | None = None):
         t5.encoder.final_layer_norm.weight.fill_(1.0)
         if state_dict is not None:
             t5.shared.weight[state_dict["ids"].long()] = state_dict["rows"].to(t5.shared.weight.dtype)
-            t5.encoder.final_layer_norm.weight.copy_(state_dict["norm"])
+            layers = {k[3:]: v.float() for k, v in state_dict.items() if k.startswith("t5.")}
+            missing, unexpected = t5.load_state_dict(layers, strict=False)
+            if unexpected or set(missing) != {"shared.weight"}:
+                raise ValueError(f"toy text encoder checkpoint does not fit: missing {missing}, "
+                                 f"unexpected {unexpected}")
     return clip
 
 
-def embedding_table(clip) -> tuple[torch.nn.Embedding, torch.nn.Module]:
-    """The trainable parts of the toy text encoder: T5's token embedding and its final norm."""
-    t5 = clip.cond_stage_model.t5xxl.transformer
-    return t5.shared, t5.encoder.final_layer_norm
+def text_model(clip):
+    """The toy CLIP's T5 (`text_model(clip)(ids, None)[0]` is the context ComfyUI encodes)."""
+    return clip.cond_stage_model.t5xxl.transformer
 
 
 def rgb_matrix() -> torch.Tensor:

@@ -25,7 +25,7 @@ ARGS.add_argument("--out", type=Path, required=True)
 ARGS.add_argument("--device", default="cpu")
 ARGS.add_argument("--seed", type=int, default=0)
 ARGS.add_argument("--base-steps", type=int, default=6000)
-ARGS.add_argument("--lora-steps", type=int, default=800)
+ARGS.add_argument("--lora-steps", type=int, default=400)
 ARGS.add_argument("--batch", type=int, default=64)
 ARGS.add_argument("--max-minutes", type=float, default=0, help="stop the base training early (0: never)")
 ARGS.add_argument("--quick", action="store_true", help="a few steps of everything, to check the pipeline")
@@ -48,7 +48,7 @@ class Captions:
 
     def __init__(self, clip, device):
         self.clip, self.device, self.cache = clip, device, {}
-        self.embedding, self.norm = toy.embedding_table(clip)
+        self.t5 = toy.text_model(clip)
 
     def ids(self, captions: list[str]) -> torch.Tensor:
         for c in captions:
@@ -57,13 +57,20 @@ class Captions:
         return torch.tensor([self.cache[c] for c in captions], device=self.device)
 
     def encode(self, captions: list[str]) -> torch.Tensor:
-        return self.norm(self.embedding(self.ids(captions)))
+        return self.t5(self.ids(captions), None)[0]
 
 
-def init_flux(diffusion_model, generator):
-    """Default Linear init, norm scales 1, and the modulation and final layers at zero (ComfyUI's
-    layers skip initialisation: every parameter is set here)."""
-    for name, module in diffusion_model.named_modules():
+def init_weights(root, generator):
+    """Default Linear init, norm scales 1, embeddings N(0, 1) (T5's position bias 0), and Flux's
+    modulation and final layers at zero. ComfyUI's layers skip initialisation: every parameter is
+    set here."""
+    for name, module in root.named_modules():
+        if isinstance(module, torch.nn.Embedding):
+            with torch.no_grad():
+                module.weight.normal_(0, 1, generator=generator)
+            if "relative_attention_bias" in name:
+                torch.nn.init.zeros_(module.weight)
+    for name, module in root.named_modules():
         if isinstance(module, torch.nn.Linear):
             bound = 1 / module.in_features ** 0.5
             with torch.no_grad():
@@ -72,10 +79,10 @@ def init_flux(diffusion_model, generator):
                     module.bias.zero_()
             if "mod" in name or name.startswith("final_layer"):
                 torch.nn.init.zeros_(module.weight)
-    linear = {f"{n}.{k}" for n, m in diffusion_model.named_modules() if isinstance(m, torch.nn.Linear)
-              for k, _ in m.named_parameters(recurse=False)}
-    for name, p in diffusion_model.named_parameters():
-        if name not in linear:
+    done = {f"{n}.{k}" for n, m in root.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
+            for k, _ in m.named_parameters(recurse=False)}
+    for name, p in root.named_parameters():
+        if name not in done:
             torch.nn.init.ones_(p) if "norm" in name or name.endswith("scale") else torch.nn.init.zeros_(p)
 
 
@@ -96,8 +103,7 @@ def flow_loss(model, captions: Captions, z0, texts, generator):
 
 
 def train_base(model, captions: Captions, roster, steps: int, generator, device) -> list[float]:
-    params = list(model.diffusion_model.parameters()) + list(captions.embedding.parameters()) \
-        + list(captions.norm.parameters())
+    params = list(model.diffusion_model.parameters()) + list(captions.t5.parameters())
     for p in params:
         p.requires_grad_(True)
     optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
@@ -177,8 +183,9 @@ def train_lora(model, captions: Captions, character, steps: int, generator, devi
 
 def text_state_dict(captions: Captions) -> dict[str, torch.Tensor]:
     ids = torch.tensor(sorted({i for row in captions.cache.values() for i in row}))
-    return {"ids": ids.to(torch.int32), "rows": captions.embedding.weight.detach()[ids].cpu().to(torch.float16),
-            "norm": captions.norm.weight.detach().cpu().float()}
+    sd = {f"t5.{k}": v.detach().cpu().float().contiguous() for k, v in captions.t5.state_dict().items()
+          if k != "shared.weight"}
+    return {**sd, "ids": ids.to(torch.int32), "rows": captions.t5.shared.weight.detach()[ids].cpu().float()}
 
 
 def every_caption(roster) -> list[str]:
@@ -200,9 +207,8 @@ def main():
     roster = world.roster(ARGS.seed)
     looks = world.lora_characters(roster, ARGS.seed)
     patcher, clip = toy.flux_model(), toy.text_encoder()
-    init_flux(patcher.model.diffusion_model, generator)
-    with torch.no_grad():
-        toy.embedding_table(clip)[0].weight.normal_(0, 1, generator=generator)
+    init_weights(patcher.model.diffusion_model, generator)
+    init_weights(toy.text_model(clip), generator)
     model = patcher.model.to(device)
     clip.cond_stage_model.to(device)
     captions = Captions(clip, device)
@@ -214,8 +220,7 @@ def main():
     ARGS.out.mkdir(parents=True, exist_ok=True)
     (ARGS.out / "loras").mkdir(exist_ok=True)
     model.requires_grad_(False)
-    captions.embedding.requires_grad_(False)
-    captions.norm.requires_grad_(False)
+    captions.t5.requires_grad_(False)
     save_file({k: v.detach().cpu().to(torch.float16).contiguous()
                for k, v in model.diffusion_model.state_dict().items()}, str(ARGS.out / toy.FILES["model"]))
     save_file(text_state_dict(captions), str(ARGS.out / toy.FILES["text"]))

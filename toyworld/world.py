@@ -106,6 +106,8 @@ def scenes(casts: list[list[Character]], generator) -> Scenes:
         n = len(cast)
         jitter = (torch.rand(n, 2, generator=generator) - 0.5) * torch.tensor([0.08, 0.2])
         center[i, :n, 0] = torch.tensor([x for x, _ in SLOTS[n]]) + jitter[:, 0]
+        if n == 1:   # a lone character stands anywhere across the middle half
+            center[i, 0, 0] = 0.25 + 0.5 * float(torch.rand((), generator=generator))
         center[i, :n, 1] = 0.5 + jitter[:, 1]
         width = {1: 0.22, 2: 0.17, 3: 0.12}[n]
         radius[i, :n, 0] = width * (0.85 + 0.3 * torch.rand(n, generator=generator))
