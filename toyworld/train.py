@@ -26,7 +26,7 @@ ARGS.add_argument("--device", default="cpu")
 ARGS.add_argument("--seed", type=int, default=0)
 ARGS.add_argument("--base-steps", type=int, default=6000)
 ARGS.add_argument("--lora-steps", type=int, default=400)
-ARGS.add_argument("--batch", type=int, default=64)
+ARGS.add_argument("--batch", type=int, default=256)
 ARGS.add_argument("--max-minutes", type=float, default=0, help="stop the base training early (0: never)")
 ARGS.add_argument("--quick", action="store_true", help="a few steps of everything, to check the pipeline")
 ARGS = ARGS.parse_args()
@@ -86,7 +86,7 @@ def init_weights(root, generator):
             torch.nn.init.ones_(p) if "norm" in name or name.endswith("scale") else torch.nn.init.zeros_(p)
 
 
-def random_casts(generator, roster, batch: int, counts=(1, 2, 3), weights=(0.25, 0.6, 0.15)):
+def random_casts(generator, roster, batch: int, counts=(1, 2, 3), weights=(0.2, 0.65, 0.15)):
     ns = torch.multinomial(torch.tensor(weights), batch, replacement=True, generator=generator) + counts[0]
     return [[roster[i] for i in torch.randperm(len(roster), generator=generator)[:n].tolist()] for n in ns.tolist()]
 
@@ -106,7 +106,7 @@ def train_base(model, captions: Captions, roster, steps: int, generator, device)
     params = list(model.diffusion_model.parameters()) + list(captions.t5.parameters())
     for p in params:
         p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: min(1.0, (i + 1) / 200) * (
         1.0 if i < 0.7 * steps else 0.3))
     losses = []
@@ -170,7 +170,7 @@ def train_lora(model, captions: Captions, character, steps: int, generator, devi
     optimiser = torch.optim.Adam(hooks.parameters(), lr=1e-3)
     losses = []
     for _ in range(steps):
-        batch = world.scenes([[character]] * (ARGS.batch // 2), generator)
+        batch = world.scenes([[character]] * (ARGS.batch // 4), generator)
         z0, _ = world.render(batch, device)
         loss = flow_loss(model, captions, z0, batch.captions, generator)
         optimiser.zero_grad(set_to_none=True)

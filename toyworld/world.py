@@ -46,7 +46,7 @@ def _character(name: str, generator) -> Character:
                      float(torch.rand((), generator=generator)) * 3.14159)
 
 
-def roster(seed: int = 0, count: int = 16) -> tuple[Character, ...]:
+def roster(seed: int = 0, count: int = 12) -> tuple[Character, ...]:
     """The base characters: distinct two-syllable names, each with its own look."""
     generator = torch.Generator().manual_seed(seed)
     names: list[str] = []
