@@ -28,6 +28,11 @@ ARGS.add_argument("--base-steps", type=int, default=6000)
 ARGS.add_argument("--lora-steps", type=int, default=400)
 ARGS.add_argument("--batch", type=int, default=256)
 ARGS.add_argument("--max-minutes", type=float, default=0, help="stop the base training early (0: never)")
+ARGS.add_argument("--base-from", type=Path, help="train only the LoRAs, on the base model and text encoder here")
+ARGS.add_argument("--lora-layers", default="all", choices=["all", "image"],
+                  help="'all' linear layers of the blocks (as trainers do), or 'image': the image-stream "
+                       "attention and MLP layers and the single blocks, no text-stream or modulation layer")
+ARGS.add_argument("--lora-lr", type=float, default=1e-3)
 ARGS.add_argument("--quick", action="store_true", help="a few steps of everything, to check the pipeline")
 ARGS = ARGS.parse_args()
 
@@ -132,11 +137,12 @@ def train_base(model, captions: Captions, roster, steps: int, generator, device)
 class LoraHooks:
     """`y += (x A^T) B^T` on every linear layer of the double and single blocks (B starts at 0)."""
 
-    def __init__(self, diffusion_model, generator, device):
+    def __init__(self, diffusion_model, generator, device, layers: str):
         self.layers = {}
         self.handles = []
         for name, module in diffusion_model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.startswith(("double_blocks.", "single_blocks.")):
+            if isinstance(module, torch.nn.Linear) and name.startswith(("double_blocks.", "single_blocks.")) and (
+                    layers == "all" or any(p in name for p in (".img_attn.", ".img_mlp.", ".linear1", ".linear2"))):
                 down = (torch.randn(RANK, module.in_features, generator=generator) / module.in_features ** 0.5)
                 down = down.to(device).requires_grad_()
                 up = torch.zeros(module.out_features, RANK, device=device, requires_grad=True)
@@ -166,8 +172,8 @@ class LoraHooks:
 
 
 def train_lora(model, captions: Captions, character, steps: int, generator, device) -> tuple[dict, list[float]]:
-    hooks = LoraHooks(model.diffusion_model, generator, device)
-    optimiser = torch.optim.Adam(hooks.parameters(), lr=1e-3)
+    hooks = LoraHooks(model.diffusion_model, generator, device, ARGS.lora_layers)
+    optimiser = torch.optim.Adam(hooks.parameters(), lr=ARGS.lora_lr)
     losses = []
     for _ in range(steps):
         batch = world.scenes([[character]] * (ARGS.batch // 4), generator)
@@ -206,19 +212,26 @@ def main():
     generator = torch.Generator().manual_seed(ARGS.seed)
     roster = world.roster(ARGS.seed)
     looks = world.lora_characters(roster, ARGS.seed)
-    patcher, clip = toy.flux_model(), toy.text_encoder()
-    init_weights(patcher.model.diffusion_model, generator)
-    init_weights(toy.text_model(clip), generator)
+    if ARGS.base_from:
+        patcher, clip, _ = toy.load(ARGS.base_from)
+        base = json.loads((ARGS.base_from / "training.json").read_text())
+    else:
+        patcher, clip = toy.flux_model(), toy.text_encoder()
+        init_weights(patcher.model.diffusion_model, generator)
+        init_weights(toy.text_model(clip), generator)
     model = patcher.model.to(device)
     clip.cond_stage_model.to(device)
     captions = Captions(clip, device)
     captions.ids(every_caption(roster))
     steps = (20, 5) if ARGS.quick else (ARGS.base_steps, ARGS.lora_steps)
     start = time.perf_counter()
-    base_losses = train_base(model, captions, roster, steps[0], generator, device)
-    base_seconds = time.perf_counter() - start
     ARGS.out.mkdir(parents=True, exist_ok=True)
     (ARGS.out / "loras").mkdir(exist_ok=True)
+    if ARGS.base_from:
+        base_losses = [base["base_loss_last_100"]] * base["base_steps"]
+    else:
+        base_losses = train_base(model, captions, roster, steps[0], generator, device)
+    base_seconds = base["base_seconds"] if ARGS.base_from else time.perf_counter() - start
     model.requires_grad_(False)
     captions.t5.requires_grad_(False)
     save_file({k: v.detach().cpu().to(torch.float16).contiguous()
@@ -229,7 +242,8 @@ def main():
         sd, lora_losses[look.name] = train_lora(model, captions, look, steps[1], generator, device)
         save_file(sd, str(ARGS.out / "loras" / f"toy_{look.name}.safetensors"))
     report = {"seed": ARGS.seed, "device": str(device), "base_steps": len(base_losses), "lora_steps": steps[1],
-              "batch": ARGS.batch, "base_seconds": base_seconds, "seconds": time.perf_counter() - start,
+              "batch": base["batch"] if ARGS.base_from else ARGS.batch, "lora_layers": ARGS.lora_layers,
+              "lora_lr": ARGS.lora_lr, "base_seconds": base_seconds, "seconds": time.perf_counter() - start,
               "base_loss_last_100": sum(base_losses[-100:]) / len(base_losses[-100:]),
               "lora_loss_last_100": {k: sum(v[-100:]) / len(v[-100:]) for k, v in lora_losses.items()},
               "roster": [c.name for c in roster], "lora_characters": [c.name for c in looks]}
