@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from .host import (
     comfy_model_management,
     comfy_sd,
+    folder_paths,
     model_patcher,
     supported_models,
     supported_models_base,
@@ -101,6 +102,12 @@ def vae():
     sd["vae_scale"] = torch.tensor(latent.scale_factor)
     sd["vae_shift"] = torch.tensor(latent.shift_factor)
     return comfy_sd.VAE(sd=sd)
+
+
+def register_loras() -> None:
+    """Lists the shipped toy LoRAs among ComfyUI's LoRAs (once; a folder ComfyUI already has is kept)."""
+    if str(LORAS) not in folder_paths.get_folder_paths("loras"):
+        folder_paths.add_model_folder_path("loras", str(LORAS))
 
 
 def load(folder: Path = CHECKPOINTS):

@@ -1,11 +1,14 @@
-"""The main job: run a workflow from workflows/ headless through ComfyUI; write the image and the mask preview.
+"""The main job: run a workflow from workflows/ headless through ComfyUI; write its images and the mask preview.
 
+    python3 scripts/run_workflow.py [--smoke]                  # the toy world (ships with the pack), CPU, seconds
     python3 scripts/run_workflow.py workflows/freefuse_two_subjects.json [--smoke] [--out DIR]
 
-Without --smoke it uses the ComfyUI host's own models folder (COMFYUI_PATH, the ComfyUI that
-contains this pack, or ~/ComfyUI); a missing model file is named with the folder it belongs in.
---smoke runs on built-in tiny stand-in models with random weights in a temporary base directory:
-it proves the pipeline end to end in seconds on a CPU (the picture is noise, the masks are real).
+The default workflow is the toy world: a small Flux trained on striped-ellipse characters and two
+character LoRAs, all in the pack, so it needs no download and writes FreeFuse's picture, the same
+LoRAs merged, and the masks. FLUX.1 workflows use the ComfyUI host's own models folder
+(COMFYUI_PATH, the ComfyUI that contains this pack, or ~/ComfyUI); a missing model file is named
+with the folder it belongs in. For them --smoke swaps in tiny stand-in models with random weights
+(the picture is noise, the masks are real); the toy world runs for real either way.
 """
 import argparse
 import json
@@ -25,26 +28,33 @@ NEEDS = {"UNETLoader": [(0, "diffusion_models")], "VAELoader": [(0, "vae")],
          "DualCLIPLoader": [(0, "text_encoders"), (1, "text_encoders")], "FreeFuseLoraLoader": [(0, "loras")]}
 
 
+TOY_LORAS = PACK / "toyworld" / "checkpoints" / "loras"
+
+
 def missing_files(workflow: dict, models: Path) -> list[tuple[str, str]]:
     missing = []
     for node in workflow["nodes"]:
         for index, folder in NEEDS.get(node["type"], []):
             name = node["widgets_values"][index]
             if not (models / folder / name).is_file() and not (
-                    folder == "text_encoders" and (models / "clip" / name).is_file()):
+                    folder == "text_encoders" and (models / "clip" / name).is_file()) and not (
+                    folder == "loras" and (TOY_LORAS / name).is_file()):
                 missing.append((name, f"models/{folder}"))
     return missing
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workflow", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="tiny stand-in models (random weights), CPU")
+    parser.add_argument("workflow", type=Path, nargs="?", default=PACK / "workflows" / "freefuse_toy_world.json",
+                        help="a workflow JSON (default: the toy world, which ships with the pack)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="FLUX.1 workflows: tiny stand-in models (random weights); the toy world: no change")
     parser.add_argument("--out", type=Path, default=Path("output"))
     args = parser.parse_args()
     comfyui = find_comfyui()
     workflow = json.loads(args.workflow.read_text())
-    if not args.smoke:
+    standins = args.smoke and not any(n["type"] == "FreeFuseToyWorldLoader" for n in workflow["nodes"])
+    if not standins:
         missing = missing_files(workflow, comfyui / "models")
         if missing:
             for name, folder in missing:
@@ -52,7 +62,7 @@ def main() -> int:
             sys.stderr.write("Run with --smoke to prove the pipeline on built-in tiny stand-in models.\n")
             return 2
     base = Path(tempfile.mkdtemp(prefix="freefuse_"))
-    if args.smoke:
+    if standins:
         subprocess.run([sys.executable, str(PACK / "tools" / "make_standins.py"), str(comfyui),
                         str(base / "models"), str(args.workflow)], check=True)
         server = ComfyServer(comfyui, base, standins=True, log=base / "server.log")
@@ -61,7 +71,7 @@ def main() -> int:
                              models=comfyui / "models")
     try:
         prompt = to_api(workflow, server.get("/object_info"))
-        entry = server.run(smoke(prompt) if args.smoke else prompt, timeout=3600)
+        entry = server.run(smoke(prompt) if standins else prompt, timeout=3600)
     finally:
         server.close()
     if entry["status"]["status_str"] != "success":
@@ -71,7 +81,9 @@ def main() -> int:
     for node_id, output in entry["outputs"].items():
         for image in output.get("images", []):
             folder = "output" if image["type"] == "output" else "temp"
-            kind = "preview" if prompt[node_id]["class_type"] == "FreeFuseMaskPreview" else "image"
+            node = prompt[node_id]
+            kind = "preview" if node["class_type"] == "FreeFuseMaskPreview" else node["inputs"].get(
+                "filename_prefix", "image")
             target = args.out / f"{args.workflow.stem}_{kind}.png"
             shutil.copy(base / folder / image["subfolder"] / image["filename"], target)
             sys.stdout.write(f"wrote {target}\n")

@@ -94,6 +94,62 @@ def workflow(subjects: int, style: bool) -> dict:
     return g.to_json()
 
 
+TOY_PROMPT = "a photo of nexwen on the left and paxzor on the right"
+
+
+def toy_workflow() -> dict:
+    """The toy world shipped with the pack: FreeFuse next to the same LoRAs merged, 256 px, CPU-fast."""
+    g = Graph()
+    world = g.node("FreeFuseToyWorldLoader", (0, 0), [],
+                   outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+    model, merged, x = world, world, 340
+    for name in ("nexwen", "paxzor"):
+        loader = g.node("FreeFuseLoraLoader", (x, 0), [f"toy_{name}.safetensors", 1.0, name],
+                        inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")])
+        g.link(model, 0, loader, "model")
+        stock = g.node("LoraLoaderModelOnly", (x, 640), [f"toy_{name}.safetensors", 1.0],
+                       inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")])
+        g.link(merged, 0, stock, "model")
+        model, merged, x = loader, stock, x + 320
+    encode = g.node("FreeFuseTextEncode", (340, 200), [TOY_PROMPT], inputs=[("clip", "CLIP")],
+                    outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 160))
+    g.link(world, 1, encode, "clip")
+    latent = g.node("EmptyLatentImage", (0, 420), [256, 256, 1], outputs=[("LATENT", "LATENT")])
+    extract = g.node("FreeFuseMaskExtract", (1000, 200),
+                     [0, "fixed", 20, 1.0, "euler", "simple", 1.0, 4, 1, "joint", 1.0, "vae", 256],
+                     inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                             ("latent_image", "LATENT"), ("vae", "VAE")],
+                     outputs=[("freefuse_masks", "FREEFUSE_MASKS")], size=(340, 420))
+    g.link(model, 0, extract, "model")
+    g.link(encode, 0, extract, "positive")
+    g.link(latent, 0, extract, "latent_image")
+    g.link(world, 2, extract, "vae")
+    sampler = g.node("FreeFuseMaskedSampler", (1380, 200), ["restart", "keep"],
+                     inputs=[("freefuse_masks", "FREEFUSE_MASKS")], outputs=[("LATENT", "LATENT")])
+    g.link(extract, 0, sampler, "freefuse_masks")
+    ksampler = g.node("KSampler", (1000, 640), [0, "fixed", 20, 1.0, "euler", "simple", 1.0],
+                      inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                              ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 260))
+    g.link(merged, 0, ksampler, "model")
+    g.link(encode, 0, ksampler, "positive")
+    g.link(encode, 0, ksampler, "negative")
+    g.link(latent, 0, ksampler, "latent_image")
+    for source, prefix, y in ((sampler, "FreeFuse", 200), (ksampler, "merged", 640)):
+        decode = g.node("VAEDecode", (1720, y), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                        outputs=[("IMAGE", "IMAGE")])
+        g.link(source, 0, decode, "samples")
+        g.link(world, 2, decode, "vae")
+        save = g.node("SaveImage", (1960, y), [prefix], inputs=[("images", "IMAGE")], size=(300, 320))
+        g.link(decode, 0, save, "images")
+    preview = g.node("FreeFuseMaskPreview", (1380, 420), [0.5], inputs=[("freefuse_masks", "FREEFUSE_MASKS")],
+                     outputs=[("preview", "IMAGE"), ("masks", "MASK"), ("subjects", "STRING")], size=(300, 200))
+    g.link(extract, 0, preview, "freefuse_masks")
+    g.node("Note", (340, 420), ["The toy world ships with the pack: a small Flux trained on striped-ellipse "
+                                "characters and two character LoRAs. Top: FreeFuse keeps each LoRA on its "
+                                "character. Bottom: the same LoRAs merged with the stock loader."], size=(400, 160))
+    return g.to_json()
+
+
 def thumbnail(data: dict, path: Path) -> None:
     """A small drawing of the graph: nodes as boxes at their positions, links as lines."""
     xs = [n["pos"][0] for n in data["nodes"]] + [n["pos"][0] + n["size"][0] for n in data["nodes"]]
@@ -125,6 +181,9 @@ def main() -> None:
         data = workflow(subjects, style)
         (OUT / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
         thumbnail(data, OUT / f"{name}.jpg")
+    data = toy_workflow()
+    (OUT / "freefuse_toy_world.json").write_text(json.dumps(data, indent=1) + "\n")
+    thumbnail(data, OUT / "freefuse_toy_world.jpg")
 
 
 if __name__ == "__main__":
