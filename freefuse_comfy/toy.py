@@ -115,7 +115,8 @@ def load(folder: Path = CHECKPOINTS):
     paths = {k: Path(folder) / name for k, name in FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"toy world checkpoints missing: {', '.join(missing)}. Train them with "
-                                "'python3 toyworld/train.py --out toyworld/checkpoints'.")
+        raise FileNotFoundError(f"FreeFuse Toy World Loader: checkpoints missing: {', '.join(missing)}. "
+                                "Reinstall the pack, or train them with 'python3 toyworld/train.py --out "
+                                "toyworld/checkpoints'.")
     model = flux_model(load_file(str(paths["model"])))
     return model, text_encoder(load_file(str(paths["text"]))), vae()

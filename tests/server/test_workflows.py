@@ -11,13 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WORKFLOWS, saved_image
+from conftest import TOY, WORKFLOWS, saved_image
 from PIL import Image
 from workflow_api import smoke, to_api
 
 
 def test_there_are_workflows():
-    assert len(WORKFLOWS) >= 3
+    assert len(WORKFLOWS) >= 3 and len(TOY) == 1
+
+
+def test_toy_world_workflow_runs_for_real(server):
+    workflow = json.loads(TOY[0].read_text())
+    prompt = to_api(workflow, server.get("/object_info"))
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    saved = {prompt[i]["inputs"]["filename_prefix"]: o["images"][0] for i, o in entry["outputs"].items()
+             if prompt[i]["class_type"] == "SaveImage"}
+    assert set(saved) == {"FreeFuse", "merged"}
+    images = {k: Image.open(server.base / "output" / v["subfolder"] / v["filename"]) for k, v in saved.items()}
+    assert all(image.size == (256, 256) for image in images.values())
+    assert not np.array_equal(np.asarray(images["FreeFuse"]), np.asarray(images["merged"]))
+    preview = next(o for i, o in entry["outputs"].items() if prompt[i]["class_type"] == "FreeFuseMaskPreview")
+    assert [s["name"] for s in preview["freefuse_legend"]] == ["toy_nexwen", "toy_paxzor"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
