@@ -199,7 +199,17 @@ def main():
         save_grid(toy_, grids3, ARGS.out / "grid_three.png")
     result = {"steps": STEPS, "defaults": DEFAULT, "two": two, "three": three}
     (ARGS.out / "results.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
+    sys.stdout.write("\n".join(table_lines(result)) + "\n")
+
+
+def table_lines(result: dict) -> list[str]:
+    """One line per variant: the metric means (the table of docs/fidelity.md)."""
+    lines = []
+    for part in ("two", "three"):
+        for variant, row in result[part].items():
+            lines.append(f"{part} {variant:22s} " + " ".join(
+                f"{k[:8]}={v:.3f}" for k, v in row.items() if k not in ("samples", "seconds")))
+    return lines
 
 
 if __name__ == "__main__":

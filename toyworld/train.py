@@ -28,6 +28,8 @@ ARGS.add_argument("--base-steps", type=int, default=6000)
 ARGS.add_argument("--lora-steps", type=int, default=400)
 ARGS.add_argument("--batch", type=int, default=256)
 ARGS.add_argument("--max-minutes", type=float, default=0, help="stop the base training early (0: never)")
+ARGS.add_argument("--stop-after", type=int, default=0,
+                  help="stop the base training after this many steps, the schedule still set by --base-steps")
 ARGS.add_argument("--base-from", type=Path, help="train only the LoRAs, on the base model and text encoder here")
 ARGS.add_argument("--lora-layers", default="all", choices=["all", "image"],
                   help="'all' linear layers of the blocks (as trainers do), or 'image': the image-stream "
@@ -117,8 +119,8 @@ def train_base(model, captions: Captions, roster, steps: int, generator, device)
     losses = []
     start = time.perf_counter()
     for step in range(steps):
-        if ARGS.max_minutes and time.perf_counter() - start > 60 * ARGS.max_minutes:
-            log.info("base training stopped by --max-minutes at step %d", step)
+        if (ARGS.max_minutes and time.perf_counter() - start > 60 * ARGS.max_minutes) or step == ARGS.stop_after > 0:
+            log.info("base training stopped early at step %d", step)
             break
         batch = world.scenes(random_casts(generator, roster, ARGS.batch), generator)
         z0, _ = world.render(batch, device)
