@@ -144,6 +144,16 @@ def _parts_of(key, adapter, strength: float, model_sd) -> LayerPart:
     return LayerPart(module, None, delta, out_start)
 
 
+def _check_fits(part: LayerPart, weight: torch.Tensor, lora_name: str) -> None:
+    """A term whose shape does not fit its layer (a LoRA made for another model size) is refused."""
+    width = (part.down if part.down is not None else part.up).shape[1]
+    if width != weight.shape[1] or part.out_start + part.up.shape[0] > weight.shape[0]:
+        raise ValueError(f"{NODE}: '{lora_name}' does not fit this model: its term on '{part.module}' takes "
+                         f"{width} inputs to {part.up.shape[0]} outputs, the layer is {weight.shape[1]} to "
+                         f"{weight.shape[0]}. Use a LoRA trained for this model (a FLUX.1 LoRA for FLUX.1, a toy "
+                         "LoRA for the toy world).")
+
+
 def load_freefuse_lora(model, lora_name: str, strength: float, words: tuple[str, ...]) -> FreeFuseLora:
     """Read a LoRA file and map it onto `model` through ComfyUI's key maps."""
     diffusion_model = require_flux(model, NODE)
@@ -156,6 +166,8 @@ def load_freefuse_lora(model, lora_name: str, strength: float, words: tuple[str,
         raise ValueError(f"{NODE}: no key of '{lora_name}' ({len(sd)} tensors) matches a layer of this "
                          "Flux model. Is it a LoRA for another model (SDXL, SD3)? Use a FLUX.1 LoRA.")
     parts = tuple(_parts_of(k, v, strength, model_sd) for k, v in patches.items())
+    for part in parts:
+        _check_fits(part, model_sd[f"diffusion_model.{part.module}.weight"], lora_name)
     log.info("%s: '%s' matched %d Flux layers (%d tensors in the file)", NODE, lora_name, len(parts), len(sd))
     return FreeFuseLora(name=os.path.splitext(os.path.basename(lora_name))[0], words=words,
                         strength=strength, parts=parts)

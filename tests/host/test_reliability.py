@@ -106,6 +106,13 @@ def test_sdxl_lora_on_flux_matches_nothing(world, lora_dir):
         world.loras(("sdxl.safetensors", "Alice"))
 
 
+def test_lora_for_another_model_size_is_refused_with_the_fix(world, lora_dir, pack):
+    wider = module(pack, "freefuse_comfy.standin").tiny_flux(hidden=384)
+    write_lora(lora_dir, "wide.safetensors", wider, "kohya", seed=3)
+    with pytest.raises(ValueError, match=f"{LOADER}: 'wide.safetensors' does not fit this model.*384.*Use a LoRA"):
+        world.loras(("wide.safetensors", "Alice"))
+
+
 def test_non_flux_model_is_refused_with_what_is_supported(world, loras):
     import comfy.model_patcher
 
