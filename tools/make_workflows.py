@@ -46,6 +46,25 @@ class Graph:
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
+def freefuse_pair(g: Graph, x: int, schedule: tuple[int, int, int], model, positive, latent, vae):
+    """Mask Extract (steps, mask step, mask block as given) and the Masked LoRA Sampler after it;
+    `model`, `positive`, `vae` are (node, output slot)."""
+    steps, step, block = schedule
+    extract = g.node("FreeFuseMaskExtract", (x, 200),
+                     [0, "fixed", steps, 1.0, "euler", "simple", 1.0, step, block, "joint", 1.0, "vae", 256],
+                     inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                             ("latent_image", "LATENT"), ("vae", "VAE")],
+                     outputs=[("freefuse_masks", "FREEFUSE_MASKS")], size=(340, 420))
+    g.link(*model, extract, "model")
+    g.link(*positive, extract, "positive")
+    g.link(latent, 0, extract, "latent_image")
+    g.link(*vae, extract, "vae")
+    sampler = g.node("FreeFuseMaskedSampler", (x + 380, 200), ["restart", "keep"],
+                     inputs=[("freefuse_masks", "FREEFUSE_MASKS")], outputs=[("LATENT", "LATENT")])
+    g.link(extract, 0, sampler, "freefuse_masks")
+    return extract, sampler
+
+
 def workflow(subjects: int, style: bool) -> dict:
     g = Graph()
     unet = g.node("UNETLoader", (0, 0), ["flux1-dev.safetensors", "default"], outputs=[("MODEL", "MODEL")])
@@ -67,19 +86,7 @@ def workflow(subjects: int, style: bool) -> dict:
     g.link(encode, 0, guidance, "conditioning")
     latent = g.node("EmptyLatentImage", (0, 420), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
     vae = g.node("VAELoader", (0, 580), ["ae.safetensors"], outputs=[("VAE", "VAE")])
-    extract = g.node("FreeFuseMaskExtract", (1120, 200),
-                     [0, "fixed", 28, 1.0, "euler", "simple", 1.0, 6, 16, "joint", 1.0, "vae", 256],
-                     inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                             ("latent_image", "LATENT"), ("vae", "VAE")],
-                     outputs=[("freefuse_masks", "FREEFUSE_MASKS")], size=(340, 420))
-    g.link(model, 0, extract, "model")
-    g.link(guidance, 0, extract, "positive")
-    g.link(latent, 0, extract, "latent_image")
-    g.link(vae, 0, extract, "vae")
-    sampler = g.node("FreeFuseMaskedSampler", (1500, 200), ["restart", "keep"],
-                     inputs=[("freefuse_masks", "FREEFUSE_MASKS")],
-                     outputs=[("LATENT", "LATENT")])
-    g.link(extract, 0, sampler, "freefuse_masks")
+    extract, sampler = freefuse_pair(g, 1120, (28, 6, 16), (model, 0), (guidance, 0), latent, (vae, 0))
     decode = g.node("VAEDecode", (1840, 200), inputs=[("samples", "LATENT"), ("vae", "VAE")],
                     outputs=[("IMAGE", "IMAGE")])
     g.link(sampler, 0, decode, "samples")
@@ -115,18 +122,7 @@ def toy_workflow() -> dict:
                     outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 160))
     g.link(world, 1, encode, "clip")
     latent = g.node("EmptyLatentImage", (0, 420), [256, 256, 1], outputs=[("LATENT", "LATENT")])
-    extract = g.node("FreeFuseMaskExtract", (1000, 200),
-                     [0, "fixed", 20, 1.0, "euler", "simple", 1.0, 4, 1, "joint", 1.0, "vae", 256],
-                     inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                             ("latent_image", "LATENT"), ("vae", "VAE")],
-                     outputs=[("freefuse_masks", "FREEFUSE_MASKS")], size=(340, 420))
-    g.link(model, 0, extract, "model")
-    g.link(encode, 0, extract, "positive")
-    g.link(latent, 0, extract, "latent_image")
-    g.link(world, 2, extract, "vae")
-    sampler = g.node("FreeFuseMaskedSampler", (1380, 200), ["restart", "keep"],
-                     inputs=[("freefuse_masks", "FREEFUSE_MASKS")], outputs=[("LATENT", "LATENT")])
-    g.link(extract, 0, sampler, "freefuse_masks")
+    extract, sampler = freefuse_pair(g, 1000, (20, 4, 1), (model, 0), (encode, 0), latent, (world, 2))
     ksampler = g.node("KSampler", (1000, 640), [0, "fixed", 20, 1.0, "euler", "simple", 1.0],
                       inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                               ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 260))
