@@ -18,7 +18,9 @@ def boot(device: str):
     from comfy_host import find_comfyui
 
     sys.path.insert(0, str(find_comfyui()))
-    sys.argv = [sys.argv[0]] + (["--cpu"] if device == "cpu" else [])
+    # torch's attention on the CPU too, as ComfyUI picks on NVIDIA: its CPU default (sub-quadratic
+    # attention) writes `exp(out=...)` and has no backward pass, so training would fail there.
+    sys.argv = [sys.argv[0]] + (["--cpu", "--use-pytorch-cross-attention"] if device == "cpu" else [])
     import comfy.options
 
     comfy.options.enable_args_parsing(True)

@@ -35,8 +35,10 @@ ARGS.add_argument("--lora-layers", default="all", choices=["all", "image"],
                   help="'all' linear layers of the blocks (as trainers do), or 'image': the image-stream "
                        "attention and MLP layers and the single blocks, no text-stream or modulation layer")
 ARGS.add_argument("--lora-lr", type=float, default=1e-3)
-ARGS.add_argument("--quick", action="store_true", help="a few steps of everything, to check the pipeline")
+ARGS.add_argument("--quick", action="store_true", help="20 base and 5 LoRA steps of 8 scenes: checks the pipeline")
 ARGS = ARGS.parse_args()
+if ARGS.quick:
+    ARGS.base_steps, ARGS.lora_steps, ARGS.batch = 20, 5, 8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boot import boot  # noqa: E402
@@ -225,7 +227,7 @@ def main():
     clip.cond_stage_model.to(device)
     captions = Captions(clip, device)
     captions.ids(every_caption(roster))
-    steps = (20, 5) if ARGS.quick else (ARGS.base_steps, ARGS.lora_steps)
+    steps = (ARGS.base_steps, ARGS.lora_steps)
     start = time.perf_counter()
     ARGS.out.mkdir(parents=True, exist_ok=True)
     (ARGS.out / "loras").mkdir(exist_ok=True)
