@@ -218,7 +218,6 @@ def main():
     looks = world.lora_characters(roster, ARGS.seed)
     if ARGS.base_from:
         patcher, clip, _ = toy.load(ARGS.base_from)
-        base = json.loads((ARGS.base_from / "training.json").read_text())
     else:
         patcher, clip = toy.flux_model(), toy.text_encoder()
         init_weights(patcher.model.diffusion_model, generator)
@@ -227,15 +226,16 @@ def main():
     clip.cond_stage_model.to(device)
     captions = Captions(clip, device)
     captions.ids(every_caption(roster))
-    steps = (ARGS.base_steps, ARGS.lora_steps)
     start = time.perf_counter()
     ARGS.out.mkdir(parents=True, exist_ok=True)
     (ARGS.out / "loras").mkdir(exist_ok=True)
-    if ARGS.base_from:
-        base_losses = [base["base_loss_last_100"]] * base["base_steps"]
+    if ARGS.base_from:   # the base run's own record
+        trained = json.loads((ARGS.base_from / "training.json").read_text())
+        base = {k: trained[k] for k in ("base_steps", "batch", "base_seconds", "base_loss_last_100")}
     else:
-        base_losses = train_base(model, captions, roster, steps[0], generator, device)
-    base_seconds = base["base_seconds"] if ARGS.base_from else time.perf_counter() - start
+        losses = train_base(model, captions, roster, ARGS.base_steps, generator, device)
+        base = {"base_steps": len(losses), "batch": ARGS.batch, "base_seconds": time.perf_counter() - start,
+                "base_loss_last_100": sum(losses[-100:]) / len(losses[-100:])}
     model.requires_grad_(False)
     captions.t5.requires_grad_(False)
     save_file({k: v.detach().cpu().to(torch.float16).contiguous()
@@ -243,12 +243,10 @@ def main():
     save_file(text_state_dict(captions), str(ARGS.out / toy.FILES["text"]))
     lora_losses = {}
     for look in looks:
-        sd, lora_losses[look.name] = train_lora(model, captions, look, steps[1], generator, device)
+        sd, lora_losses[look.name] = train_lora(model, captions, look, ARGS.lora_steps, generator, device)
         save_file(sd, str(ARGS.out / "loras" / f"toy_{look.name}.safetensors"))
-    report = {"seed": ARGS.seed, "device": str(device), "base_steps": len(base_losses), "lora_steps": steps[1],
-              "batch": base["batch"] if ARGS.base_from else ARGS.batch, "lora_layers": ARGS.lora_layers,
-              "lora_lr": ARGS.lora_lr, "base_seconds": base_seconds, "seconds": time.perf_counter() - start,
-              "base_loss_last_100": sum(base_losses[-100:]) / len(base_losses[-100:]),
+    report = {"seed": ARGS.seed, "device": str(device), **base, "lora_steps": ARGS.lora_steps,
+              "lora_layers": ARGS.lora_layers, "lora_lr": ARGS.lora_lr, "seconds": time.perf_counter() - start,
               "lora_loss_last_100": {k: sum(v[-100:]) / len(v[-100:]) for k, v in lora_losses.items()},
               "roster": [c.name for c in roster], "lora_characters": [c.name for c in looks]}
     (ARGS.out / "training.json").write_text(json.dumps(report, indent=1))
