@@ -4,7 +4,7 @@
 
 Held-out prompts name two LoRA characters (every ordered pair of the three, left / right) and,
 reported without a threshold, all three (every order). Each prompt runs `--seeds` seeds in batches
-of 4 through each variant: no LoRA, each LoRA alone, both merged (stock LoRA loader),
+of `--batch` through each variant: no LoRA, each LoRA alone, both merged (stock LoRA loader),
 ground-truth masks (the layout halves given to the Masked LoRA Sampler: the upper bound), FreeFuse
 with the pack's defaults and one setting changed at a time. Per generated latent and character:
 
@@ -33,6 +33,7 @@ ARGS.add_argument("--device", default="cpu")
 ARGS.add_argument("--seeds", type=int, default=12, help="seeds per two-character prompt (6 prompts)")
 ARGS.add_argument("--three-seeds", type=int, default=4, help="seeds per three-character prompt (6 prompts)")
 ARGS.add_argument("--variants", default="all", help="comma-separated names, or 'all'")
+ARGS.add_argument("--batch", type=int, default=4, help="images per sampling call (divides --seeds)")
 ARGS = ARGS.parse_args()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,14 +46,14 @@ from PIL import Image  # noqa: E402
 
 import nodes  # noqa: E402
 
-STEPS, BATCH, SIZE = 20, 4, 256
+STEPS, BATCH, SIZE = 20, ARGS.batch, 256
 DEFAULT = dict(mask_step=4, mask_block=1, loras_before_mask="joint", mode="restart", modulation="keep",
-               superpixel_px=256)
+               token_isolation=False, superpixel_px=256)
 CHANGES = {
     "FreeFuse default": {},
     "continue": {"mode": "continue"},
     "LoRAs off before k": {"loras_before_mask": "off"},
-    "modulation dropped": {"modulation": "drop"},
+    "modulation dropped": {"modulation": "drop"}, "token isolation": {"token_isolation": True},
     "block 0": {"mask_block": 0}, "block 2": {"mask_block": 2},
     "step 2": {"mask_step": 2}, "step 6": {"mask_step": 6}, "step 10": {"mask_step": 10},
     "superpixels 128 px": {"superpixel_px": 128},
@@ -66,7 +67,8 @@ def run(node: str, **inputs):
 class Toy:
     def __init__(self, folder: Path):
         self.model, self.clip, self.vae = toy.load(folder)
-        folder_paths.add_model_folder_path("loras", str(folder / "loras"))
+        # first in the list: the shipped LoRAs of the same names must not stand in for these
+        folder_paths.add_model_folder_path("loras", str(folder / "loras"), is_default=True)
         trained = json.loads((folder / "training.json").read_text())
         self.roster = world.roster(trained["seed"])
         self.looks = {c.name: c for c in world.lora_characters(self.roster, trained["seed"])}
@@ -116,7 +118,7 @@ def sample(toy_: Toy, variant: str, names: list[str], seed: int):
             layout = world.layout_masks(len(names)).flatten(1).t()[None].expand(BATCH, -1, -1)
             masks = dataclasses.replace(masks, token_masks=layout.contiguous())
         out = run("FreeFuseMaskedSampler", freefuse_masks=masks, mode=settings["mode"],
-                  modulation=settings["modulation"])[0]["samples"]
+                  modulation=settings["modulation"], token_isolation=settings["token_isolation"])[0]["samples"]
         masks = masks.token_masks
     z = toy_.model.model.process_latent_in(out.float())
     return z, masks, loaded
