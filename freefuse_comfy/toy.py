@@ -2,9 +2,10 @@
 
 - Diffusion model: Flux with 3 double + 3 single blocks, hidden 192 (6 heads of 32), context 64,
   pooled 32, no guidance embedding; a ModelPatcher like the one `UNETLoader` gives.
-- Text encoder: Flux's CLIP-L + T5 pair with the real tokenizers. T5 is one layer of width 64: a
-  learned embedding per T5 token id (only the world's tokens are stored) and one attention layer
-  whose relative position bias tells the model which name stands next to which layout word.
+- Text encoder: Flux's CLIP-L + T5 pair with the real tokenizers. T5 is two layers of width 64
+  (4 heads): a learned embedding per T5 token id (only the world's tokens are stored) and two
+  attention layers whose relative position bias tells the model which name stands next to which
+  layout word (one layer of 2 heads swapped left and right in half the two-character samples).
   CLIP-L is all zeros, so the pooled vector is 0.
 - VAE: a TAESD whose decoder is set by hand to `rgb = A z + 1/2` per latent pixel, upsampled 8x
   (`z` the model-space latent): every identity vector becomes a colour. It only decodes.
@@ -32,7 +33,7 @@ FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_di
         "axes_dim": [4, 14, 14], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
         "txt_ids_dims": []}
 TEXT = {"dtype": torch.float32,
-        "t5xxl_model_config": {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 2, "num_layers": 1},
+        "t5xxl_model_config": {"d_model": 64, "d_ff": 256, "d_kv": 16, "num_heads": 4, "num_layers": 2},
         "clip_l_model_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
                                 "num_hidden_layers": 1, "projection_dim": 32}}
 FILES = {"model": "toy_flux.safetensors", "text": "toy_text.safetensors"}
