@@ -8,7 +8,9 @@ any region of that image and 0 when it owns none; single-block tokens `[P; F]`. 
 not masked, and a subject without a region has no effect at all (all masks 0 = no LoRA).
 Pooled layers (embedders, modulation) act on every token of the image at once (shift, scale,
 gate); with `modulation="drop"` the subject LoRAs' terms there are 0 while sampling with masks
-(global LoRAs keep theirs).
+(global LoRAs keep theirs). With `token_isolation` a subject LoRA's factor is also 0 on the text
+rows of the other subjects' activation words (`I_m`, m != l), so it cannot restyle another
+character through that character's own words.
 """
 from __future__ import annotations
 
@@ -41,10 +43,12 @@ def lora_columns(masks: FreeFuseMasks, model) -> torch.Tensor:
 class MaskPlan:
     """Builds the CallMasks of one evaluation from the image-token factors `[B, N, n_loras]`."""
 
-    def __init__(self, image: torch.Tensor, grid: tuple[int, int], pooled_off: tuple[int, ...] = ()):
+    def __init__(self, image: torch.Tensor, grid: tuple[int, int], pooled_off: tuple[int, ...] = (),
+                 text_off: dict[int, tuple[int, ...]] | None = None):
         self.image = image
         self.grid = grid
         self.pooled_off = list(pooled_off)   # LoRA columns whose pooled-layer (modulation) terms are 0
+        self.text_off = dict(text_off or {})  # LoRA column -> text rows where its factor is 0
         self.cache: dict[tuple, CallMasks] = {}
 
     def for_call(self, x: torch.Tensor, txt_len: int, chunks: int) -> CallMasks:
@@ -57,7 +61,9 @@ class MaskPlan:
         if key not in self.cache:
             image = self.image.to(x.device, x.dtype).repeat(chunks, 1, 1)
             present = image.amax(dim=1, keepdim=True)
-            text = present.expand(-1, txt_len, -1).contiguous()
+            text = present.expand(-1, txt_len, -1).clone()
+            for column, rows in self.text_off.items():
+                text[:, [r for r in rows if r < txt_len], column] = 0
             pooled = present.clone()
             pooled[..., self.pooled_off] = 0
             pooled = None if bool(pooled.all()) else pooled
@@ -79,24 +85,35 @@ def _mask_wrapper(plan: MaskPlan):
     return wrapper
 
 
-def masked_model(masks: FreeFuseMasks, modulation: str = "keep"):
+def isolated_rows(masks: FreeFuseMasks, model) -> dict[int, tuple[int, ...]]:
+    """Per subject LoRA column, the other subjects' activation-word tokens (token isolation)."""
+    if len(masks.subject_tokens) != len(masks.subjects):
+        raise ValueError(f"{SAMPLER_NODE}: input 'token_isolation' needs masks from FreeFuse Mask Extract, "
+                         "which records each subject's tokens; these masks carry none.")
+    owned = dict(zip(masks.subjects, masks.subject_tokens))
+    return {column: tuple(t for name, tokens in owned.items() if name != lora.name for t in tokens)
+            for column, lora in enumerate(loras_of(model)) if lora.is_subject}
+
+
+def masked_model(masks: FreeFuseMasks, modulation: str = "keep", token_isolation: bool = False):
     """A clone of the extraction's model whose LoRAs act through `masks`."""
     if modulation not in MODULATION:
         raise ValueError(f"{SAMPLER_NODE}: input 'modulation' is '{modulation}'; choose one of "
                          f"{', '.join(MODULATION)}.")
     model = masks.setup.model.clone()
     off = tuple(i for i, lora in enumerate(loras_of(model)) if lora.is_subject) if modulation == "drop" else ()
-    plan = MaskPlan(lora_columns(masks, model), masks.grid, off)
+    text_off = isolated_rows(masks, model) if token_isolation else None
+    plan = MaskPlan(lora_columns(masks, model), masks.grid, off, text_off)
     model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _mask_wrapper(plan))
     return model
 
 
-def sample_masked(masks: FreeFuseMasks, mode: str, modulation: str = "keep") -> dict:
+def sample_masked(masks: FreeFuseMasks, mode: str, modulation: str = "keep", token_isolation: bool = False) -> dict:
     """Stage 2 in `mode`: 'restart' from step 0 with the same seed, or 'continue' from step k."""
     if mode not in MODES:
         raise ValueError(f"{SAMPLER_NODE}: input 'mode' is '{mode}'; choose one of {', '.join(MODES)}.")
     setup = masks.setup
-    model = masked_model(masks, modulation)
+    model = masked_model(masks, modulation, token_isolation)
     callback = latent_preview.prepare_callback(model, setup.steps)
     if mode == "restart":
         samples = run_sampler(model, setup, noise_of(setup), latent_image_of(setup), callback)

@@ -18,7 +18,7 @@ wrapper that sets `injection.CallMasks` for each evaluation and resets it after.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ class FreeFuseMasks:
     setup: SamplingSetup
     latent_at_step: dict             # the latent after steps 0..k-1, with its leftover noise
     empty_subjects: tuple[str, ...] = field(default=())
+    subject_tokens: tuple[tuple[int, ...], ...] = field(default=())   # I_l: T5 token indices, mask order
 
 
 class _Captured(Exception):
@@ -199,7 +200,8 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
         raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
                            "another node may replace that block. Remove it or choose another block.")
     image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
-    return _vote(subjects, maps, image, sigma, step, block, setup, {**setup.latent, "samples": samples})
+    masks = _vote(subjects, maps, image, sigma, step, block, setup, {**setup.latent, "samples": samples})
+    return replace(masks, subject_tokens=tuple(tuple(t) for t in token_sets))
 
 
 def _x0_image(model, vae, x0: torch.Tensor, image_source: str, superpixel_px: int) -> torch.Tensor:

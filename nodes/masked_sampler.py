@@ -23,10 +23,15 @@ class FreeFuseMaskedSampler(io.ComfyNode):
                                        "(time, guidance and text embedders, and the modulation that shifts and "
                                        "scales every token at once): 'keep' on wherever the subject has a "
                                        "region (paper), 'drop' off while sampling with masks."),
+                io.Boolean.Input("token_isolation", default=False, advanced=True, optional=True,
+                                 tooltip="Turn each character LoRA off on the other characters' activation "
+                                         "words in the prompt, so it cannot restyle them through their own "
+                                         "words (text tokens are otherwise not masked)."),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent; decode it with VAE Decode.")],
         )
 
     @classmethod
-    def execute(cls, *, freefuse_masks, mode: str, modulation: str = "keep") -> io.NodeOutput:
-        return io.NodeOutput(sample_masked(freefuse_masks, mode, modulation))
+    def execute(cls, *, freefuse_masks, mode: str, modulation: str = "keep",
+                token_isolation: bool = False) -> io.NodeOutput:
+        return io.NodeOutput(sample_masked(freefuse_masks, mode, modulation, token_isolation))

@@ -59,7 +59,7 @@ def freefuse_pair(g: Graph, x: int, schedule: tuple[int, int, int], model, posit
     g.link(*positive, extract, "positive")
     g.link(latent, 0, extract, "latent_image")
     g.link(*vae, extract, "vae")
-    sampler = g.node("FreeFuseMaskedSampler", (x + 380, 200), ["restart", "keep"],
+    sampler = g.node("FreeFuseMaskedSampler", (x + 380, 200), ["restart", "keep", False],
                      inputs=[("freefuse_masks", "FREEFUSE_MASKS")], outputs=[("LATENT", "LATENT")])
     g.link(extract, 0, sampler, "freefuse_masks")
     return extract, sampler

@@ -1,4 +1,6 @@
 """The nodes in the real ComfyUI host (CPU, tiny Flux-architecture models built by ComfyUI)."""
+from dataclasses import replace
+
 import comfy.model_management
 import pytest
 import torch
@@ -84,6 +86,40 @@ def test_modulation_drop_equals_the_lora_without_its_modulation_layers(world, lo
     torch.testing.assert_close(masked("keep"), stock_sample(stock_lora(world.model, "alice.safetensors"),
                                                             setup.positive, setup.latent, setup), **TOL)
     assert not torch.allclose(masked("keep"), without, atol=1e-3), "the modulation terms must matter here"
+
+
+def test_token_isolation_turns_each_lora_off_on_the_other_subjects_words(world, two_loras):
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model)
+    alice, bob = masks.subject_tokens
+    assert alice and bob and not set(alice) & set(bob)
+    layer_path = "double_blocks.0.txt_attn.qkv"
+    layer = model.model.diffusion_model.double_blocks[0].txt_attn.qkv
+    seen = {}
+
+    def hook(mod, inputs, output):
+        seen.setdefault("x", inputs[0].detach().clone())
+        seen.setdefault("y", output.detach().clone())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        world.run("FreeFuseMaskedSampler", freefuse_masks=masks, mode="restart", token_isolation=True)
+    finally:
+        handle.remove()
+    x, y = seen["x"], seen["y"]
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    others = {0: bob, 1: alice}
+    for column, lora in enumerate(model.get_attachment("freefuse_loras")):
+        factor = torch.ones(x.shape[1], 1)
+        factor[list(others[column])] = 0
+        for part in (p for p in lora.parts if p.module == layer_path):
+            delta = (x @ part.down.T) @ part.up.T
+            expected[..., part.out_start:part.out_start + part.up.shape[0]] += factor * delta
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="FreeFuse Masked LoRA Sampler.*token_isolation"):
+        world.run("FreeFuseMaskedSampler", freefuse_masks=replace(masks, subject_tokens=()), mode="restart",
+                  token_isolation=True)
 
 
 def test_masks_partition_and_preview_outputs(world, two_loras):
