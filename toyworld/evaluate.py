@@ -193,8 +193,9 @@ def main():
         variants = [v for v in variants if v in ARGS.variants.split(",")]
     ARGS.out.mkdir(parents=True, exist_ok=True)
     two, grids = evaluate(toy_, variants, 2, ARGS.seeds)
-    save_grid(toy_, {k: grids[k] for k in ("no LoRA", "merged", "FreeFuse default", "ground-truth masks")
-                     if k in grids}, ARGS.out / "grid_two.png")
+    shown = {k: grids[k] for k in ("no LoRA", "merged", "FreeFuse default", "ground-truth masks") if k in grids}
+    if shown:
+        save_grid(toy_, shown, ARGS.out / "grid_two.png")
     three_variants = [v for v in ("merged", "ground-truth masks", "FreeFuse default") if v in variants]
     three, grids3 = evaluate(toy_, three_variants, 3, ARGS.three_seeds) if ARGS.three_seeds else ({}, {})
     if grids3:
