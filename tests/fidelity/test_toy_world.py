@@ -1,5 +1,9 @@
 """The toy world: its scenes and metrics, the shipped checkpoints through ComfyUI, and a short
-fidelity run of the evaluation script on the CPU (the full table is docs/fidelity.md, on a GPU)."""
+fidelity run of the evaluation script on the CPU (the full table is docs/fidelity.md).
+
+The short run (6 ordered pairs x 4 seeds = 24 two-character samples per variant) measured on this
+CPU: merged identity leak 0.513, ground-truth masks 0.172, FreeFuse default 0.173 with a mask IoU
+of 0.812; the thresholds below are issue 7's (IoU floor 0.7, under the 0.812 measured)."""
 import json
 import subprocess
 import sys
@@ -9,6 +13,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+IOU_FLOOR = 0.7
 
 
 def test_scenes_are_drawn_from_the_seed(world):
@@ -99,3 +104,12 @@ def test_short_fidelity_run_through_the_nodes(short_run):
     for row in two.values():
         assert all(0.0 <= row[k] <= 1.0 for k in ("present", "identity right", "identity leak", "texture leak"))
     assert (out / "grid_two.png").is_file()
+
+
+def test_freefuse_masks_stop_the_merged_identity_leak(short_run):
+    two = short_run[0]["two"]
+    merged, truth, freefuse = (two[k]["identity leak"] for k in ("merged", "ground-truth masks", "FreeFuse default"))
+    assert merged >= 0.4, "merged LoRAs must blend the two looks for the measurement to mean anything"
+    assert freefuse <= 0.5 * merged
+    assert abs(freefuse - truth) <= 0.1
+    assert two["FreeFuse default"]["mask IoU"] >= IOU_FLOOR
