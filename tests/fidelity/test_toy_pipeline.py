@@ -86,19 +86,31 @@ def test_shipped_lora_through_freefuse_loader_samples_like_the_stock_loader(pack
     assert (with_ours - base).abs().max() > 1e-2
 
 
-def test_training_runs_end_to_end_into_a_fresh_folder(toy, world, tmp_path):
-    """`toyworld/train.py --quick` (a small run of every stage), then its files load as the world
-    the loader node gives."""
-    done = subprocess.run([sys.executable, str(ROOT / "toyworld" / "train.py"), "--out", str(tmp_path), "--quick"],
+def _train_quick(out: Path) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "toyworld" / "train.py"), "--out", str(out), "--quick"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "training.json").read_text())
+    return json.loads((out / "training.json").read_text())
+
+
+def test_training_runs_end_to_end_into_a_fresh_folder_and_repeats_from_its_seed(toy, world, tmp_path):
+    """`toyworld/train.py --quick` (a small run of every stage, the localisation term included),
+    twice: the same seed writes the same weights, and the files load as the world the loader gives."""
+    folder, repeat = tmp_path / "a", tmp_path / "b"
+    report, again = _train_quick(folder), _train_quick(repeat)
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*.safetensors"))
+    assert len(files) == 5
+    for name in files:
+        first, second = load_file(str(folder / name)), load_file(str(repeat / name))
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert report["base_loss_last_100"] == again["base_loss_last_100"]
+    assert report["localise"] > 0 and 0 < report["localisation_last_100"] < 20
     looks = [c.name for c in world.lora_characters(world.roster(0), 0)]
     assert report["lora_characters"] == looks and report["base_steps"] == 20
     for name in looks:
-        sd = load_file(str(tmp_path / "loras" / f"toy_{name}.safetensors"))
+        sd = load_file(str(folder / "loras" / f"toy_{name}.safetensors"))
         assert sd and all(k.startswith("diffusion_model.") for k in sd)
         assert {v.shape[0] for k, v in sd.items() if k.endswith("lora_down.weight")} == {8}
-    model, clip, _ = toy.load(tmp_path)
+    model, clip, _ = toy.load(folder)
     assert sum(p.numel() for p in model.model.diffusion_model.parameters()) > 5e6
     assert clip.tokenize(world.caption(looks[:2]))["t5xxl"]
