@@ -40,6 +40,32 @@ def assert_unchanged(model, before):
     assert all(torch.equal(before[k], after[k]) for k in before), "base weights changed"
 
 
+def layer_io(layer, run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and output of `layer`'s first call while `run()` samples."""
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen.setdefault("x", inputs[0].detach().clone())
+        seen.setdefault("y", output.detach().clone())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen["x"], seen["y"]
+
+
+def with_lora_terms(x, layer, loras, path: str, factors) -> torch.Tensor:
+    """`x W^T + b + sum_l factors[l] (x A_l^T) B_l^T` over every LoRA's parts at `path`, computed densely."""
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    for column, lora in enumerate(loras):
+        for part in (p for p in lora.parts if p.module == path):
+            delta = (x @ part.down.T) @ part.up.T
+            expected[..., part.out_start:part.out_start + part.up.shape[0]] += factors[column] * delta
+    return expected
+
+
 def test_pack_registers_its_nodes_through_comfyui_loader(pack):
     for node_id in NODE_IDS:
         assert node_id in nodes.NODE_CLASS_MAPPINGS, node_id
@@ -94,28 +120,14 @@ def test_token_isolation_turns_each_lora_off_on_the_other_subjects_words(world, 
     masks = world.extract(model)
     alice, bob = masks.subject_tokens
     assert alice and bob and not set(alice) & set(bob)
-    layer_path = "double_blocks.0.txt_attn.qkv"
     layer = model.model.diffusion_model.double_blocks[0].txt_attn.qkv
-    seen = {}
-
-    def hook(mod, inputs, output):
-        seen.setdefault("x", inputs[0].detach().clone())
-        seen.setdefault("y", output.detach().clone())
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        world.run("FreeFuseMaskedSampler", freefuse_masks=masks, mode="restart", token_isolation=True)
-    finally:
-        handle.remove()
-    x, y = seen["x"], seen["y"]
-    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    others = {0: bob, 1: alice}
-    for column, lora in enumerate(model.get_attachment("freefuse_loras")):
-        factor = torch.ones(x.shape[1], 1)
-        factor[list(others[column])] = 0
-        for part in (p for p in lora.parts if p.module == layer_path):
-            delta = (x @ part.down.T) @ part.up.T
-            expected[..., part.out_start:part.out_start + part.up.shape[0]] += factor * delta
+    x, y = layer_io(layer, lambda: world.run("FreeFuseMaskedSampler", freefuse_masks=masks, mode="restart",
+                                             token_isolation=True))
+    factors = torch.ones(2, x.shape[1], 1)
+    factors[0, list(bob)] = 0       # Alice's LoRA off on Bob's words
+    factors[1, list(alice)] = 0     # and Bob's on Alice's
+    expected = with_lora_terms(x, layer, model.get_attachment("freefuse_loras"), "double_blocks.0.txt_attn.qkv",
+                               factors)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="FreeFuse Masked LoRA Sampler.*token_isolation"):
         world.run("FreeFuseMaskedSampler", freefuse_masks=replace(masks, subject_tokens=()), mode="restart",
@@ -190,25 +202,9 @@ def test_masks_reach_the_layer_as_per_token_factors(world, two_loras):
     planted[0, 8:, 1] = 1          # Bob the bottom half
     masks = masks_set_to(masks, planted)
     layer = model.model.diffusion_model.double_blocks[0].img_attn.qkv
-    seen = {}
-
-    def hook(module, inputs, output):
-        seen.setdefault("x", inputs[0].detach().clone())
-        seen.setdefault("y", output.detach().clone())
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        world.masked(masks)
-    finally:
-        handle.remove()
-    loras = model.get_attachment("freefuse_loras")
-    x, y = seen["x"], seen["y"]
-    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    for column, lora in enumerate(loras):
-        for part in (p for p in lora.parts if p.module == "double_blocks.0.img_attn.qkv"):
-            delta = (x @ part.down.T) @ part.up.T
-            factor = planted[..., column].unsqueeze(-1)
-            expected[..., part.out_start:part.out_start + part.up.shape[0]] += factor * delta
+    x, y = layer_io(layer, lambda: world.masked(masks))
+    expected = with_lora_terms(x, layer, model.get_attachment("freefuse_loras"), "double_blocks.0.img_attn.qkv",
+                               planted.movedim(-1, 0).unsqueeze(-1))
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
 
 
