@@ -18,7 +18,7 @@ wrapper that sets `injection.CallMasks` for each evaluation and resets it after.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -200,8 +200,8 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
         raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
                            "another node may replace that block. Remove it or choose another block.")
     image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
-    masks = _vote(subjects, maps, image, sigma, step, block, setup, {**setup.latent, "samples": samples})
-    return replace(masks, subject_tokens=tuple(tuple(t) for t in token_sets))
+    return _vote(subjects, token_sets, maps, image, sigma, step, block, setup,
+                 {**setup.latent, "samples": samples})
 
 
 def _x0_image(model, vae, x0: torch.Tensor, image_source: str, superpixel_px: int) -> torch.Tensor:
@@ -229,7 +229,7 @@ def _grid(latent: dict) -> tuple[int, int]:
     return (height + 1) // 2, (width + 1) // 2
 
 
-def _vote(subjects, maps, image, sigma, step, block, setup, latent_at_step) -> FreeFuseMasks:
+def _vote(subjects, token_sets, maps, image, sigma, step, block, setup, latent_at_step) -> FreeFuseMasks:
     grid = _grid(setup.latent)
     size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     token_masks, pixel_masks = [], []
@@ -246,4 +246,5 @@ def _vote(subjects, maps, image, sigma, step, block, setup, latent_at_step) -> F
                     EXTRACT_NODE, name, step)
     return FreeFuseMasks(subjects=tuple(s.name for s in subjects), token_masks=token_masks,
                          pixel_masks=torch.stack(pixel_masks), image=image, grid=grid, step=step,
-                         block=block, setup=setup, latent_at_step=latent_at_step, empty_subjects=empty)
+                         block=block, setup=setup, latent_at_step=latent_at_step, empty_subjects=empty,
+                         subject_tokens=tuple(tuple(t) for t in token_sets))

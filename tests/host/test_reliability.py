@@ -220,8 +220,9 @@ def test_subject_without_a_region_is_warned_in_log_and_preview(world, loras, cap
     maps = torch.zeros(1, 2, 16)
     maps[0, 0] = 1.0  # Alice's map wins every superpixel
     with caplog.at_level("WARNING"):
-        voted = sampling._vote([*world.loras((a, "Alice"), (b, "Bob")).get_attachment("freefuse_loras")], maps,
-                               masks.image, 1.0, 2, 1, masks.setup, masks.latent_at_step)
+        voted = sampling._vote([*world.loras((a, "Alice"), (b, "Bob")).get_attachment("freefuse_loras")],
+                               masks.subject_tokens, maps, masks.image, 1.0, 2, 1, masks.setup,
+                               masks.latent_at_step)
     assert voted.empty_subjects == ("bob",)
     assert "subject 'bob' won no superpixel" in caplog.text
     legend = world.run("FreeFuseMaskPreview", freefuse_masks=voted, opacity=0.5)
