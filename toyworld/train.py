@@ -149,6 +149,11 @@ class Localisation:
         return out
 
 
+def tail_mean(values: list[float]) -> float:
+    """The mean of the last 100 values (what training.json records of a loss)."""
+    return sum(values[-100:]) / len(values[-100:])
+
+
 def init_weights(root, generator):
     """Default Linear init, norm scales 1, embeddings N(0, 1) (T5's position bias 0), and Flux's
     modulation and final layers at zero. ComfyUI's layers skip initialisation: every parameter is
@@ -228,8 +233,8 @@ def train_base(model, captions: Captions, roster, steps: int, generator, device)
         losses.append(flow.item())
         localisation.append(local.item())
         if step % 250 == 0:
-            log.info("base step %d loss %.4f localisation %.3f (%.0f s)", step, sum(losses[-100:]) / len(losses[-100:]),
-                     sum(localisation[-100:]) / len(localisation[-100:]), time.perf_counter() - start)
+            log.info("base step %d loss %.4f localisation %.3f (%.0f s)", step, tail_mean(losses),
+                     tail_mean(localisation), time.perf_counter() - start)
     return losses, localisation
 
 
@@ -331,9 +336,9 @@ def main():
     else:
         losses, localisation = train_base(model, captions, roster, ARGS.base_steps, generator, device)
         base = {"base_steps": len(losses), "batch": ARGS.batch, "base_seconds": time.perf_counter() - start,
-                "base_loss_last_100": sum(losses[-100:]) / len(losses[-100:]), "schedule_steps": ARGS.base_steps,
+                "base_loss_last_100": tail_mean(losses), "schedule_steps": ARGS.base_steps,
                 "localise": ARGS.localise,
-                "localisation_last_100": sum(localisation[-100:]) / len(localisation[-100:]), "amp": ARGS.amp}
+                "localisation_last_100": tail_mean(localisation), "amp": ARGS.amp}
     model.requires_grad_(False)
     captions.t5.requires_grad_(False)
     save_file({k: v.detach().cpu().to(torch.float16).contiguous()
@@ -345,7 +350,7 @@ def main():
         save_file(sd, str(ARGS.out / "loras" / f"toy_{look.name}.safetensors"))
     report = {"seed": ARGS.seed, "device": str(device), **base, "lora_steps": ARGS.lora_steps,
               "lora_layers": ARGS.lora_layers, "lora_lr": ARGS.lora_lr, "seconds": time.perf_counter() - start,
-              "lora_loss_last_100": {k: sum(v[-100:]) / len(v[-100:]) for k, v in lora_losses.items()},
+              "lora_loss_last_100": {k: tail_mean(v) for k, v in lora_losses.items()},
               "roster": [c.name for c in roster], "lora_characters": [c.name for c in looks]}
     (ARGS.out / "training.json").write_text(json.dumps(report, indent=1))
     log.info("%s", json.dumps(report))
