@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--disable-dynamic-vram", action="store_true")
+    p.add_argument("--fp8", action="store_true", help="base weights stored as float8_e4m3fn (bf16 compute)")
     p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
     p.add_argument("--rows", default="abcde", help="which rows of the main part to run")
     return p.parse_args()
@@ -233,14 +234,20 @@ class Bench:
                                      setup.scheduler, combined, combined, setup.latent)[0]
 
 
-def lora_gib(model) -> float:
-    """GiB of LoRA tensors the FreeFuse injection holds on the GPU (its per-device casts)."""
-    injection = model.injections[glue.injection.INJECTION_KEY][0].inject.__self__
-    total = 0
-    for lowrank in injection.cast.values():
-        tensors = [lowrank.down, *(s.up for s in lowrank.slices), *(t.delta for t in lowrank.dense)]
-        total += sum(t.numel() * t.element_size() for t in tensors if t is not None and t.is_cuda)
-    return total / 2**30
+def injection_of(model):
+    return model.injections[glue.injection.INJECTION_KEY][0].inject.__self__
+
+
+def lora_gib(model) -> dict:
+    """GiB of LoRA tensors the FreeFuse injection holds: resident casts and staged copies on the GPU,
+    prefetch buffers in pinned host memory."""
+    injection = injection_of(model)
+    prefetcher = injection.prefetcher
+    on_gpu = [f for lowrank in injection.cast.values() for f in lowrank.floats() if f.is_cuda]
+    on_gpu += [staged.flat for staged in prefetcher.staged.values() if staged.flat.is_cuda]
+    pinned = [flat for flat in prefetcher.host.values() if flat.is_pinned()]
+    return {"gpu": sum(t.numel() * t.element_size() for t in on_gpu) / 2**30,
+            "pinned_host": sum(t.numel() * t.element_size() for t in pinned) / 2**30}
 
 
 def measure(fn, repeats: int, name: str = ""):
@@ -305,6 +312,23 @@ def main_part(bench: Bench):
         rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats, "c")
     if "d" in todo:
         rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats, "d")
+    parity = None
+    if "c" in todo:  # the same run with every LoRA term resident on the GPU (no prefetch): cost and parity
+        prefetched = bench.freefuse(setup, "continue")[0]["samples"]
+        staged_devices = glue.injection.STAGED_DEVICES
+        glue.injection.STAGED_DEVICES = frozenset()
+        mm.unload_all_models()
+        try:
+            resident = bench.freefuse(setup, "continue")[0]["samples"]
+            parity = float((prefetched.float() - resident.float()).abs().max())
+            note(f"continue, prefetched vs resident LoRA terms: max |diff| of the latents {parity}")
+            rows["c' continue, LoRA terms resident"] = measure(lambda: bench.freefuse(setup, "continue"), repeats,
+                                                               "c'")
+            resident_gib = lora_gib(ours)["gpu"]
+        finally:
+            glue.injection.STAGED_DEVICES = staged_devices
+            mm.unload_all_models()
+            injection_of(ours).cast.clear()
     stage_times = {}
     for px in (256, 128):
         with StageTimer() as stages:
@@ -320,12 +344,14 @@ def main_part(bench: Bench):
     b = rows["b stock LoRA (merged)"][0]
     return {
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
-        "dynamic_vram": not ARGS.disable_dynamic_vram, "steps": steps, "size": size, "rank": rank,
+        "dynamic_vram": not ARGS.disable_dynamic_vram, "fp8": ARGS.fp8, "steps": steps, "size": size, "rank": rank,
         "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
         "first_run_after_lora_change": first,
         "extraction_breakdown_seconds": stage_times[256],
         "extraction_breakdown_seconds_128px": stage_times[128],
-        "lora_gib_on_gpu": lora_gib(ours),
+        "lora_gib": lora_gib(ours),
+        "lora_gib_on_gpu_resident": resident_gib if parity is not None else None,
+        "prefetched_vs_resident_max_abs_diff": parity,
         "extraction_over_first_k_steps_seconds": extraction - only_k,
     }
 
@@ -337,11 +363,13 @@ def subjects_part(bench: Bench):
         names = bench.loras(ARGS.rank, subjects)
         setup = bench.setup(bench.freefuse_model(names), subjects, ARGS.size, ARGS.steps)
         row = out[subjects] = {}
-        if subjects > 2:
+        if subjects > 2 and "b" in ARGS.rows:
             merged = bench.merged(names)
             row["b"] = measure(lambda: bench.stock(merged, setup), 1, f"b {subjects}")
             row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
             row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
+        if "e" not in ARGS.rows:
+            continue
         small = bench.setup(setup.model, subjects, 512, ARGS.steps)
         _, masks = bench.freefuse(small, "restart")
         row["e 512px"] = measure(lambda: bench.hooks(names, small, masks), 1, f"e {subjects} at 512 px")
@@ -397,20 +425,25 @@ def profile_part(bench: Bench):
 
 def main():
     note("building the model")
-    bench = Bench()
+    bench = Bench(torch.float8_e4m3fn if ARGS.fp8 else torch.bfloat16)
     note("model built")
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
     if ARGS.part == "main":
         result = main_part(bench)
-        (out / f"main{'_nodyn' if ARGS.disable_dynamic_vram else ''}.json").write_text(json.dumps(result, indent=1))
+        suffix = ("_nodyn" if ARGS.disable_dynamic_vram else "") + ("_fp8" if ARGS.fp8 else "")
+        (out / f"main{suffix}.json").write_text(json.dumps(result, indent=1))
         b = result["rows"]["b stock LoRA (merged)"]["seconds"]
-        print(f"device: {result['device']}, dynamic VRAM {result['dynamic_vram']}, {ARGS.size} px, "
+        print(f"device: {result['device']}, dynamic VRAM {result['dynamic_vram']}, fp8 {ARGS.fp8}, {ARGS.size} px, "
               f"{ARGS.steps} steps, rank {ARGS.rank}; first run after a LoRA change: "
               f"{result['first_run_after_lora_change']}")
         for name, row in result["rows"].items():
             print(f"{name:32s} {row['seconds']:8.3f} s  {row['over_b']:5.3f} x b  peak {row['peak_gib']:6.2f} GiB")
-        print("extraction breakdown:", {k: round(v, 4) for k, v in result["extraction_breakdown_seconds"].items()})
+        for px in ("", "_128px"):
+            print(f"extraction breakdown{px}:",
+                  {k: round(v, 4) for k, v in result[f"extraction_breakdown_seconds{px}"].items()})
+        print(f"LoRA tensors: {result['lora_gib']}; all resident on the GPU: {result['lora_gib_on_gpu_resident']} "
+              f"GiB; prefetched vs resident latents max |diff| {result['prefetched_vs_resident_max_abs_diff']}")
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
         rows = result["rows"]

@@ -4,7 +4,10 @@ At every LoRA-targeted layer `y = W x + sum_l s_l F_l(token) B_l A_l x`. The bas
 layer's own forward (ComfyUI's casting, fp8 and low-VRAM paths untouched); the sum is
 `freefuse_core.MaskedLowRank`. The forward is replaced through the ModelPatcher's injection
 lifecycle: `inject` when the patcher loads the model (fully or partially), `eject` when it unloads,
-so base weights never change and nothing stays on the module.
+so base weights never change and nothing stays on the module. On CUDA the LoRA tensors stay in
+pinned host memory and reach the GPU a few layers ahead of use (`freefuse_core.Prefetcher`), so a
+run holds only those layers' terms on the GPU, not every layer's; terms with materialised deltas
+(LoHa, LoKr: as large as the base weight) stay resident.
 
 Which mask a layer uses depends on the tokens it sees, fixed per layer name:
 `image` (double-block `img_*`, `img_in`, `final_layer.linear`), `text` (`txt_*`, `txt_in`),
@@ -20,12 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..freefuse_core import MaskedLowRank
+from ..freefuse_core import MaskedLowRank, Prefetcher
 from .host import PatcherInjection, comfy_utils
 from .loras import FreeFuseLora
 
 INJECTION_KEY = "freefuse"
 ATTACHMENT_KEY = "freefuse_loras"
+STAGED_DEVICES = frozenset({"cuda"})   # device types whose LoRA terms are prefetched, not resident
 POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
 
 
@@ -85,15 +89,17 @@ def _layers(loras: tuple[FreeFuseLora, ...], diffusion_model) -> dict[str, tuple
 class LoraInjection:
     """Replaces the forward of each targeted layer while the patcher has the model loaded.
 
-    The LoRA tensors are cast to each (device, dtype) they run at once per LoRA set, not once per
-    load: clones of one loader output share this object, and extraction plus masked sampling load
-    three clones in a row.
+    Resident LoRA tensors are cast to each (device, dtype) they run at once per LoRA set, not once
+    per load, and prefetched ones are packed into host buffers once: clones of one loader output
+    share this object, and extraction plus masked sampling load three clones in a row.
     """
 
     def __init__(self, loras: tuple[FreeFuseLora, ...], diffusion_model):
         self.layers = _layers(loras, diffusion_model)
         self.saved: dict[torch.nn.Module, object] = {}
         self.cast: dict[tuple[str, torch.device, torch.dtype], MaskedLowRank] = {}
+        self.prefetcher = Prefetcher({path: lowrank for path, (_, lowrank) in self.layers.items()
+                                      if not lowrank.dense})
 
     def inject(self, patcher) -> None:
         root = patcher.model.diffusion_model
@@ -109,12 +115,17 @@ class LoraInjection:
             else:
                 module.forward = previous
         self.saved.clear()
+        self.prefetcher.clear()
 
     def as_patcher_injection(self) -> PatcherInjection:
         return PatcherInjection(inject=self.inject, eject=self.eject)
 
     def _caster(self, path: str, lowrank: MaskedLowRank):
+        staged = path in self.prefetcher.layers
+
         def cast(device: torch.device, dtype: torch.dtype) -> MaskedLowRank:
+            if staged and device.type in STAGED_DEVICES:
+                return self.prefetcher.fetch(path, device, dtype)
             key = (path, device, dtype)
             if key not in self.cast:
                 self.cast[key] = lowrank.to(device, dtype)

@@ -60,12 +60,22 @@ class MaskedLowRank:
 
     def to(self, device, dtype) -> MaskedLowRank:
         """A copy with every tensor on `device` in `dtype` (the owner index stays int64)."""
+        return self.with_floats([f.to(device, dtype) for f in self.floats()], self.owner.to(device))
+
+    def floats(self) -> tuple[torch.Tensor, ...]:
+        """The floating-point tensors, in the order `with_floats` takes them back."""
+        down = () if self.down is None else (self.down,)
+        return (*down, *(s.up for s in self.slices), *(t.delta for t in self.dense))
+
+    def with_floats(self, floats, owner: torch.Tensor) -> MaskedLowRank:
+        """The same terms over other tensors of the same shapes (another device, dtype or storage)."""
+        floats = list(floats)
         moved = object.__new__(MaskedLowRank)
         moved.terms, moved.out_features, moved.subjects = self.terms, self.out_features, self.subjects
-        moved.dense = tuple(DenseTerm(t.subject, t.delta.to(device, dtype), t.out_start) for t in self.dense)
-        moved.down = None if self.down is None else self.down.to(device, dtype)
-        moved.owner = self.owner.to(device)
-        moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, s.up.to(device, dtype)) for s in self.slices)
+        moved.down = None if self.down is None else floats.pop(0)
+        moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, floats.pop(0)) for s in self.slices)
+        moved.dense = tuple(DenseTerm(t.subject, floats.pop(0), t.out_start) for t in self.dense)
+        moved.owner = owner
         return moved
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

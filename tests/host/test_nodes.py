@@ -272,6 +272,33 @@ def test_stock_sampling_of_the_base_model_is_unaffected_after_freefuse(world, tw
     torch.testing.assert_close(after, fresh, atol=0, rtol=0)
 
 
+def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_staged(world, two_loras, monkeypatch):
+    """The CUDA path (terms in host buffers, staged a few layers ahead) forced onto the CPU: the same
+    samples as resident terms, at most `window` layers staged, none once the model is unloaded."""
+    injection = module(world.pack, "freefuse_comfy.injection")
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model)
+    resident = world.masked(masks)
+    comfy.model_management.unload_all_models()
+    monkeypatch.setattr(injection, "STAGED_DEVICES", frozenset({"cpu"}))
+    prefetcher = model.get_injections(injection.INJECTION_KEY)[0].inject.__self__.prefetcher
+    counts, fetch = [], prefetcher.fetch
+
+    def counted(*args):
+        lowrank = fetch(*args)
+        counts.append(len(prefetcher.staged))
+        return lowrank
+
+    monkeypatch.setattr(prefetcher, "fetch", counted)
+    staged = world.masked(world.extract(model))
+    assert len(counts) > len(prefetcher.order) > 0, "the layers were not fetched through the prefetcher"
+    assert 0 < max(counts) <= prefetcher.window
+    torch.testing.assert_close(staged, resident, atol=0, rtol=0)
+    comfy.model_management.unload_all_models()
+    assert not prefetcher.staged
+
+
 def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch):
     """Low VRAM: ComfyUI is made to load the model partially (1 MB budget), so most layers cast
     their weights per call; the masked LoRA outputs must be unchanged."""
