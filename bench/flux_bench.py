@@ -39,7 +39,8 @@ def parse_args():
     p.add_argument("--disable-dynamic-vram", action="store_true")
     p.add_argument("--fp8", action="store_true", help="base weights stored as float8_e4m3fn (bf16 compute)")
     p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
-    p.add_argument("--rows", default="abcde", help="which rows of the main part to run")
+    p.add_argument("--rows", default="abcde", help="which rows of the main and subjects parts to run")
+    p.add_argument("--subjects", default="2,3,4", help="subject counts of the subjects part")
     return p.parse_args()
 
 
@@ -359,7 +360,7 @@ def main_part(bench: Bench):
 def subjects_part(bench: Bench):
     """b, c, d with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each region is one more pass)."""
     out = {}
-    for subjects in (2, 3, 4):
+    for subjects in (int(n) for n in ARGS.subjects.split(",")):
         names = bench.loras(ARGS.rank, subjects)
         setup = bench.setup(bench.freefuse_model(names), subjects, ARGS.size, ARGS.steps)
         row = out[subjects] = {}
