@@ -240,12 +240,12 @@ def injection_of(model):
 
 
 def lora_gib(model) -> dict:
-    """GiB of LoRA tensors the FreeFuse injection holds: resident casts and staged copies on the GPU,
-    prefetch buffers in pinned host memory."""
+    """GiB of LoRA tensors the FreeFuse injection holds: resident casts and the prefetch rings on the
+    GPU, the prefetch buffers in pinned host memory."""
     injection = injection_of(model)
     prefetcher = injection.prefetcher
     on_gpu = [f for lowrank in injection.cast.values() for f in lowrank.floats() if f.is_cuda]
-    on_gpu += [staged.flat for staged in prefetcher.staged.values() if staged.flat.is_cuda]
+    on_gpu += [buffer for ring in prefetcher.rings.values() for buffer in ring.buffers if buffer.is_cuda]
     pinned = [flat for flat in prefetcher.host.values() if flat.is_pinned()]
     return {"gpu": sum(t.numel() * t.element_size() for t in on_gpu) / 2**30,
             "pinned_host": sum(t.numel() * t.element_size() for t in pinned) / 2**30}

@@ -1,98 +1,150 @@
-"""Each layer's LoRA terms in pinned host memory, copied to the GPU just ahead of the layer.
+"""Each block's LoRA terms in pinned host memory, copied to the GPU just ahead of the block.
 
 Two rank-32 LoRAs on every linear layer of FLUX.1-dev hold about 0.8 GiB. Kept on the GPU for a
-whole run, that is 0.8 GiB more than a merged-LoRA run needs. Here each layer's terms are one flat
-host buffer (pinned for CUDA). When layer `j` is called, the next `window` layers of the model's
-call order are copied to the device on a side stream:
+whole run, that is 0.8 GiB more than a merged-LoRA run needs. Here the terms of each group of
+layers (one transformer block; any other layer alone) are one flat host buffer (pinned for CUDA),
+and the device holds a ring of `window + 1` buffers, each the size of the largest group. When
+the first layer of group `g_i` (in the order the model first called them, wrapping round into the
+next evaluation) is called:
 
-    staged after the call of layer j  =  { order[(j + 1) % n], ..., order[(j + window) % n] }
+    ring = { g_i, g_(i+1), ..., g_(i+window) }     (the ones not yet there are copied now)
 
-The order is learnt as layers are first called (it wraps round into the next evaluation). The
-copies overlap the compute, and at most `window + 1` layers' terms are on the device at once. A
-layer waits on its copy's event, and the copy is handed to the compute stream with
-`record_stream`, so the allocator reuses that memory only after the layer's kernels have run.
-Off CUDA the copy is a plain synchronous `to(device)`.
+Copies run on a side stream and overlap the compute. A buffer is overwritten only after the
+compute stream has passed the last layer of the group it held (an event recorded when the model
+moved on), and a layer's kernels wait for their group's copy (another event). Each layer's
+`MaskedLowRank` over a ring buffer is built once and reused, so a layer call costs two dict
+lookups. Off CUDA the copies are plain synchronous `copy_`s into the same ring.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from .lowrank import MaskedLowRank
 
+BLOCK_LISTS = ("double_blocks", "single_blocks")
 
-@dataclass(frozen=True)
-class _Staged:
-    lowrank: MaskedLowRank   # views into `flat`
-    flat: torch.Tensor       # the device copy of one layer's host buffer
-    event: object            # torch.cuda.Event recorded after the copy; None off CUDA
+
+def group_of(path: str) -> str:
+    """The group of a layer path: its transformer block (`double_blocks.3`), else its top module."""
+    parts = path.split(".")
+    return ".".join(parts[:2]) if parts[0] in BLOCK_LISTS else parts[0]
 
 
 class Prefetcher:
-    """Hands out device copies of each layer's `MaskedLowRank`, staged `window` layers ahead."""
+    """Hands out device copies of each layer's `MaskedLowRank`, staged `window` groups ahead."""
 
-    def __init__(self, layers: dict[str, MaskedLowRank], window: int = 8):
+    def __init__(self, layers: dict[str, MaskedLowRank], window: int = 2):
         if window < 1:
-            raise ValueError(f"the prefetch window must be at least 1 layer; got {window}")
+            raise ValueError(f"the prefetch window must be at least 1 group; got {window}")
         self.layers = layers
         self.window = window
+        self.members: dict[str, list[str]] = {}
+        for path in layers:
+            self.members.setdefault(group_of(path), []).append(path)
+        self.group = {path: group_of(path) for path in layers}
+        self.numel = {g: sum(f.numel() for p in ps for f in layers[p].floats()) for g, ps in self.members.items()}
         self.order: list[str] = []
         self.index: dict[str, int] = {}
         self.host: dict[tuple[str, torch.dtype, bool], torch.Tensor] = {}
-        self.owner: dict[tuple[str, torch.device], torch.Tensor] = {}
-        self.staged: dict[tuple[str, torch.device, torch.dtype], _Staged] = {}
-        self.streams: dict[torch.device, object] = {}
+        self.rings: dict[tuple[torch.device, torch.dtype], _Ring] = {}
 
     def fetch(self, path: str, device: torch.device, dtype: torch.dtype) -> MaskedLowRank:
         """Layer `path`'s terms on `device` in `dtype`, ready for the current stream."""
-        if path not in self.index:
-            self.index[path] = len(self.order)
-            self.order.append(path)
-        staged = self.staged.pop((path, device, dtype), None) or self._stage(path, device, dtype)
-        if staged.event is not None:
-            current = torch.cuda.current_stream(device)
-            current.wait_event(staged.event)
-            staged.flat.record_stream(current)
-        here, count = self.index[path], len(self.order)
-        for ahead in range(1, min(self.window, count - 1) + 1):
-            key = (self.order[(here + ahead) % count], device, dtype)
-            if key not in self.staged:
-                self.staged[key] = self._stage(*key)
-        return staged.lowrank
+        ring = self.rings.get((device, dtype))
+        if ring is None:
+            ring = self.rings[(device, dtype)] = _Ring(self.window + 1, max(self.numel.values()), device, dtype)
+        group = self.group[path]
+        if group != ring.current:
+            self._switch(ring, group)
+        return ring.lowrank(path, self)
 
     def clear(self) -> None:
-        """Drops every staged device copy (the host buffers and the learnt order stay)."""
-        self.staged.clear()
+        """Frees the device rings (the host buffers and the learnt order stay)."""
+        self.rings.clear()
 
-    def _stage(self, path: str, device: torch.device, dtype: torch.dtype) -> _Staged:
-        template = self.layers[path]
-        cuda = device.type == "cuda"
-        host = self._host(path, dtype, pin=cuda)
-        owner = self.owner.get((path, device))
-        if owner is None:
-            owner = self.owner[(path, device)] = template.owner.to(device)
-        if not cuda:
-            flat = host.to(device, copy=True)
-            return _Staged(_unflatten(template, flat, owner), flat, None)
-        stream = self.streams.get(device)
-        if stream is None:
-            stream = self.streams[device] = torch.cuda.Stream(device)
-        with torch.cuda.stream(stream):
-            flat = host.to(device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(stream)
-        return _Staged(_unflatten(template, flat, owner), flat, event)
+    def _switch(self, ring: _Ring, group: str) -> None:
+        if group not in self.index:
+            self.index[group] = len(self.order)
+            self.order.append(group)
+        here, count = self.index[group], len(self.order)
+        ahead = [self.order[(here + k) % count] for k in range(1, min(self.window, count - 1) + 1)]
+        ring.leave()
+        for wanted in [group, *ahead]:
+            if wanted not in ring.held:
+                ring.load(wanted, self._host(wanted, ring.dtype, ring.cuda), keep={group, *ahead})
+        ring.enter(group)
 
-    def _host(self, path: str, dtype: torch.dtype, pin: bool) -> torch.Tensor:
-        key = (path, dtype, pin)
+    def _host(self, group: str, dtype: torch.dtype, pin: bool) -> torch.Tensor:
+        key = (group, dtype, pin)
         if key not in self.host:
-            flat = torch.cat([f.detach().to("cpu", dtype).reshape(-1) for f in self.layers[path].floats()])
+            floats = [f.detach().to("cpu", dtype).reshape(-1) for p in self.members[group]
+                      for f in self.layers[p].floats()]
+            flat = torch.cat(floats)
             self.host[key] = flat.pin_memory() if pin else flat
         return self.host[key]
 
 
-def _unflatten(template: MaskedLowRank, flat: torch.Tensor, owner: torch.Tensor) -> MaskedLowRank:
-    shapes = [f.shape for f in template.floats()]
-    parts = flat.split([s.numel() for s in shapes])
-    return template.with_floats([p.view(s) for p, s in zip(parts, shapes)], owner)
+class _Ring:
+    """`slots` device buffers, which group each holds, and the events that order their reuse."""
+
+    def __init__(self, slots: int, numel: int, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype, self.cuda = device, dtype, device.type == "cuda"
+        self.buffers = [torch.empty(numel, device=device, dtype=dtype) for _ in range(slots)]
+        self.side = torch.cuda.Stream(device) if self.cuda else None
+        self.ready: list[object] = [None] * slots   # copy into the slot finished (side stream)
+        self.done: list[object] = [None] * slots    # compute finished with the slot's last group
+        self.held: dict[str, int] = {}              # group -> slot
+        self.current: str | None = None
+        self.views: dict[tuple[str, int], MaskedLowRank] = {}
+        self.owners: dict[str, torch.Tensor] = {}
+
+    def leave(self) -> None:
+        if self.current is not None and self.cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.done[self.held[self.current]] = event
+        self.current = None
+
+    def load(self, group: str, host: torch.Tensor, keep: set[str]) -> None:
+        taken = {self.held[g] for g in keep if g in self.held}
+        slot = next(s for s in range(len(self.buffers)) if s not in taken)
+        self.held = {g: s for g, s in self.held.items() if s != slot}
+        target = self.buffers[slot][:host.numel()]
+        if self.cuda:
+            with torch.cuda.stream(self.side):
+                if self.done[slot] is not None:
+                    self.side.wait_event(self.done[slot])
+                target.copy_(host, non_blocking=True)
+                self.ready[slot] = torch.cuda.Event()
+                self.ready[slot].record(self.side)
+        else:
+            target.copy_(host)
+        self.held[group] = slot
+
+    def enter(self, group: str) -> None:
+        slot = self.held[group]
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_event(self.ready[slot])
+        self.current = group
+
+    def lowrank(self, path: str, prefetcher: Prefetcher) -> MaskedLowRank:
+        slot = self.held[self.current]
+        key = (path, slot)
+        if key not in self.views:
+            self.views[key] = self._view(path, slot, prefetcher)
+        return self.views[key]
+
+    def _view(self, path: str, slot: int, prefetcher: Prefetcher) -> MaskedLowRank:
+        offset = 0
+        for member in prefetcher.members[prefetcher.group[path]]:
+            if member == path:
+                break
+            offset += sum(f.numel() for f in prefetcher.layers[member].floats())
+        template = prefetcher.layers[path]
+        if path not in self.owners:
+            self.owners[path] = template.owner.to(self.device)
+        floats = []
+        for f in template.floats():
+            floats.append(self.buffers[slot][offset:offset + f.numel()].view(f.shape))
+            offset += f.numel()
+        return template.with_floats(floats, self.owners[path])

@@ -272,9 +272,10 @@ def test_stock_sampling_of_the_base_model_is_unaffected_after_freefuse(world, tw
     torch.testing.assert_close(after, fresh, atol=0, rtol=0)
 
 
-def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_staged(world, two_loras, monkeypatch):
-    """The CUDA path (terms in host buffers, staged a few layers ahead) forced onto the CPU: the same
-    samples as resident terms, at most `window` layers staged, none once the model is unloaded."""
+def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_on_the_device(world, two_loras, monkeypatch):
+    """The CUDA path (terms in host buffers, copied into a ring of `window + 1` device buffers a few
+    blocks ahead) forced onto the CPU: the same samples as resident terms, every layer fetched from
+    a ring buffer of that size, and no ring left once the model is unloaded."""
     injection = module(world.pack, "freefuse_comfy.injection")
     a, b = two_loras
     model = world.loras((a, "Alice"), (b, "Bob"))
@@ -283,20 +284,20 @@ def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_staged(wo
     comfy.model_management.unload_all_models()
     monkeypatch.setattr(injection, "STAGED_DEVICES", frozenset({"cpu"}))
     prefetcher = model.get_injections(injection.INJECTION_KEY)[0].inject.__self__.prefetcher
-    counts, fetch = [], prefetcher.fetch
+    rings, fetch = [], prefetcher.fetch
 
-    def counted(*args):
+    def recorded(*args):
         lowrank = fetch(*args)
-        counts.append(len(prefetcher.staged))
+        rings.append(len(prefetcher.rings[args[1:]].buffers))
         return lowrank
 
-    monkeypatch.setattr(prefetcher, "fetch", counted)
+    monkeypatch.setattr(prefetcher, "fetch", recorded)
     staged = world.masked(world.extract(model))
-    assert len(counts) > len(prefetcher.order) > 0, "the layers were not fetched through the prefetcher"
-    assert 0 < max(counts) <= prefetcher.window
+    assert len(rings) > len(prefetcher.order) > 1, "the layers were not fetched through the prefetcher"
+    assert set(rings) == {prefetcher.window + 1}
     torch.testing.assert_close(staged, resident, atol=0, rtol=0)
     comfy.model_management.unload_all_models()
-    assert not prefetcher.staged
+    assert not prefetcher.rings
 
 
 def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch):
