@@ -234,7 +234,7 @@ def _vote(subjects, token_sets, maps, image, sigma, step, block, setup, latent_a
     size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     token_masks, pixel_masks = [], []
     for b in range(image.shape[0]):
-        segments = slic_segments(image[b].numpy().astype(np.float64), sigma=sigma)
+        segments = slic_segments(image[b].numpy().astype(np.float64), sigma=sigma, full_size=size)
         owner = resize_owner(vote_owner(maps[b], segments, grid, size=size), size)
         token_masks.append(owner_to_token_masks(owner, len(subjects), grid))
         pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)))

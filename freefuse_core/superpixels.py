@@ -20,11 +20,16 @@ from skimage.segmentation import slic
 from .attention import subject_maps
 
 
-def slic_segments(image: np.ndarray, sigma: float = 1.0, compactness: float = 10.0) -> np.ndarray:
-    """Eq. 11: SLIC labels (0-based ints, `H x W`) of an `H x W x 3` image in [0, 1]."""
+def slic_segments(image: np.ndarray, sigma: float = 1.0, compactness: float = 10.0,
+                  full_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Eq. 11: SLIC labels (0-based ints, `H x W`) of an `H x W x 3` image in [0, 1].
+
+    `n_segments = round(sqrt(H W))` of the generated image: `full_size` when SLIC runs on a reduced
+    copy of it, so the superpixels cover the same share of the picture at any working size.
+    """
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"SLIC needs an H x W x 3 image; got shape {image.shape}")
-    height, width = image.shape[:2]
+    height, width = full_size or image.shape[:2]
     return slic(image, n_segments=round(math.sqrt(height * width)), compactness=compactness, sigma=sigma,
                 start_label=0, channel_axis=-1)
 

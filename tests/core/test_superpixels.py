@@ -75,3 +75,5 @@ def test_slic_is_called_as_eq_11(monkeypatch):
     assert seen["n_segments"] == round(np.sqrt(64 * 96)) == 78
     assert seen["compactness"] == 10 and seen["sigma"] == 0.5 and seen["start_label"] == 0
     assert labels.shape == (64, 96) and labels.min() == 0 and labels.max() + 1 >= 39
+    reduced = slic_segments(np.stack([yy, xx, yy * xx], -1)[::2, ::2], sigma=0.5, full_size=(64, 96))
+    assert seen["n_segments"] == 78 and reduced.shape == (32, 48)  # the full image's count on a reduced copy
