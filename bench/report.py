@@ -85,6 +85,8 @@ def main() -> None:
     c, d = over_b(main, "c"), over_b(main, "d")
     extra = main["extraction_over_first_k_steps_seconds"]
     four_c, four_d = four["c"][0] / four["b"][0], four["d"][0] / four["b"][0]
+    toy_256 = json.loads((DOCS / "fidelity" / "results_cpu.json").read_text())["two"]["FreeFuse default"]
+    toy_128 = json.loads((DOCS / "fidelity" / "results_cpu_superpixels128.json").read_text())["two"]["superpixels 128 px"]
     bars({k: v["over_b"] for k, v in rows.items()}, RESULTS / "ratios.png",
          f"time / merged LoRA run (b), FLUX.1-dev-sized model, {main['device']}, {main['size']} px, "
          f"{main['steps']} steps")
@@ -144,11 +146,15 @@ def main() -> None:
         f"{per_layer['extraction_over_first_k_steps_seconds'] / per_layer['rows']['b stock LoRA (merged)']['seconds']:.3f} "
         f"of b ({ms(per_layer['extraction_breakdown_seconds'])}): it is one timed call, and varies between runs.",
         "",
-        f"With `superpixel_px` 128: {ms(main['extraction_breakdown_seconds_128px'])}. On the toy world "
-        "([`fidelity.md`](fidelity.md), 72 two-character samples a row) 128 px gives identity leak 0.147 and mask "
-        "IoU 0.827 against 0.147 and 0.829 at 256 px. At 128 px SLIC makes 128 superpixels instead of 256 (the paper "
-        "asks for sqrt(H W) = 1024 at 1024 px); the toy cannot say what that costs on FLUX.1-dev, so the default "
-        "stays 256 px.",
+        f"With `superpixel_px` 128: {ms(main['extraction_breakdown_seconds_128px'])}. These GPU-machine figures "
+        "predate a fix: SLIC on the reduced copy took the copy's own count (256 superpixels at 256 px) instead of "
+        "Eq. 11's sqrt(H W) of the generated image (1024 at 1024 px), which it now takes. The fixed count was not "
+        "timed on the GPU machine; `python3 bench/slic_bench.py` on this repository's CPU machine "
+        "(`docs/bench/slic_cpu.txt`): " + "; ".join((RESULTS / "slic_cpu.txt").read_text().splitlines()) + ". "
+        "On the toy world ([`fidelity.md`](fidelity.md), 72 two-character samples a row) 128 px gives identity "
+        f"leak {toy_128['identity leak']:.3f} and mask IoU {toy_128['mask IoU']:.3f} against "
+        f"{toy_256['identity leak']:.3f} and {toy_256['mask IoU']:.3f} at 256 px; the toy cannot speak for "
+        "FLUX.1-dev's images, so the default stays 256 px.",
         "",
         "## Other settings (same device, one warm-up and one timed run each)",
         "",
