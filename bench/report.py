@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RESULTS = DOCS / "bench"
+RESIDENT = "c'"  # row c' of the main run: c with every LoRA term resident on the GPU
 COMMAND = ("python3 bench/flux_bench.py --comfyui <ComfyUI> --out <dir> --rows abcd "
            "[--part main|subjects|sizes] [--fp8] [--disable-dynamic-vram]; then python3 bench/report.py")
 
@@ -59,13 +60,21 @@ def load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
+def row_of(run: dict, row: str) -> dict:
+    """The row of `run` named by its letter: "c" is "c FreeFuse continue", "c'" the resident one."""
+    return run["rows"][next(k for k in run["rows"] if k.startswith(row + " "))]
+
+
 def over_b(run: dict, row: str) -> float:
-    return run["rows"][next(k for k in run["rows"] if k.startswith(row + " "))]["over_b"]
+    return row_of(run, row)["over_b"]
+
+
+def seconds(run: dict, row: str) -> float:
+    return row_of(run, row)["seconds"]
 
 
 def peak_over_b(run: dict, row: str) -> float:
-    rows = run["rows"]
-    return rows[next(k for k in rows if k.startswith(row + " "))]["peak_gib"] - rows["b stock LoRA (merged)"]["peak_gib"]
+    return row_of(run, row)["peak_gib"] - row_of(run, "b")["peak_gib"]
 
 
 def ms(breakdown: dict) -> str:
@@ -86,7 +95,8 @@ def main() -> None:
     extra = main["extraction_over_first_k_steps_seconds"]
     four_c, four_d = four["c"][0] / four["b"][0], four["d"][0] / four["b"][0]
     toy_256 = json.loads((DOCS / "fidelity" / "results_cpu.json").read_text())["two"]["FreeFuse default"]
-    toy_128 = json.loads((DOCS / "fidelity" / "results_cpu_superpixels128.json").read_text())["two"]["superpixels 128 px"]
+    toy_128 = json.loads((DOCS / "fidelity" / "results_cpu_superpixels128.json").read_text())["two"]
+    toy_128 = toy_128["superpixels 128 px"]
     bars({k: v["over_b"] for k, v in rows.items()}, RESULTS / "ratios.png",
          f"time / merged LoRA run (b), FLUX.1-dev-sized model, {main['device']}, {main['size']} px, "
          f"{main['steps']} steps")
@@ -124,15 +134,15 @@ def main() -> None:
         "## Memory: LoRA terms prefetched from pinned host memory",
         "",
         f"Two rank-32 LoRAs on every layer are {main['lora_gib_on_gpu_resident']:.2f} GiB of tensors. Held on the "
-        f"GPU (row c') they raise the peak by {peak_over_b(main, chr(99) + chr(39)):.2f} GiB over b. The pack now "
+        f"GPU (row c') they raise the peak by {peak_over_b(main, RESIDENT):.2f} GiB over b. The pack now "
         "keeps them in pinned host memory on CUDA, one buffer per transformer block, and copies each block's terms "
         "into a ring of 3 GPU buffers two blocks ahead of use, on a side stream (`freefuse_core/prefetch.py`). "
         f"This run: {lora['gpu']:.3f} GiB of ring on the GPU, {lora['pinned_host']:.2f} GiB pinned on the host; "
         f"peak c - b = {peak_over_b(main, 'c'):.2f} GiB; latents of c with prefetched and resident terms: max |diff| "
         f"{main['prefetched_vs_resident_max_abs_diff']}. The price in time: c / c' = "
-        f"{rows['c FreeFuse continue']['seconds'] / rows[chr(99) + chr(39) + ' continue, LoRA terms resident']['seconds']:.3f}. "
+        f"{seconds(main, 'c') / seconds(main, RESIDENT):.3f}. "
         "A first version that staged every layer on its own (a buffer, an event and new views per layer call) cost "
-        f"c / c' = {per_layer['rows']['c FreeFuse continue']['seconds'] / per_layer['rows'][chr(99) + chr(39) + ' continue, LoRA terms resident']['seconds']:.3f} "
+        f"c / c' = {seconds(per_layer, 'c') / seconds(per_layer, RESIDENT):.3f} "
         "in the same kind of run (`main_prefetch_per_layer.json`): Python work per layer, not copy bandwidth.",
         "",
         f"First run after a LoRA or strength change (load + sampling): merged {first['b merged']:.1f} s, "
@@ -143,7 +153,7 @@ def main() -> None:
         f"Over the first k steps alone: {extra:.3f} s = {extra / b['seconds']:.3f} of b. Inside it: "
         f"{ms(main['extraction_breakdown_seconds'])}; the rest is the partial evaluation of step k (blocks 0..16) and "
         "a second sampler set-up. The same measure in the per-layer-prefetch run on the same kind of machine: "
-        f"{per_layer['extraction_over_first_k_steps_seconds'] / per_layer['rows']['b stock LoRA (merged)']['seconds']:.3f} "
+        f"{per_layer['extraction_over_first_k_steps_seconds'] / seconds(per_layer, 'b'):.3f} "
         f"of b ({ms(per_layer['extraction_breakdown_seconds'])}): it is one timed call, and varies between runs.",
         "",
         f"With `superpixel_px` 128: {ms(main['extraction_breakdown_seconds_128px'])}. These GPU-machine figures "
@@ -162,10 +172,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, run in (("fp8 weights (`--fp8`)", fp8), ("`--disable-dynamic-vram`", nodyn)):
-        r = run["rows"]
-        lines.append(f"| {name} | {r['b stock LoRA (merged)']['seconds']:.2f} | "
-                     f"{r['c FreeFuse continue']['seconds']:.2f} | {over_b(run, 'c'):.3f} | "
-                     f"{r[chr(99) + chr(39) + ' continue, LoRA terms resident']['seconds']:.2f} | "
+        lines.append(f"| {name} | {seconds(run, 'b'):.2f} | "
+                     f"{seconds(run, 'c'):.2f} | {over_b(run, 'c'):.3f} | "
+                     f"{seconds(run, RESIDENT):.2f} | "
                      f"{peak_over_b(run, 'c'):.2f} | {run['first_run_after_lora_change']['b merged']:.1f} | "
                      f"{run['first_run_after_lora_change']['c FreeFuse continue']:.1f} |")
     lines += [

@@ -15,7 +15,7 @@ from .superpixels import (
 from .tokens import TokenPiece, find_subject_tokens
 
 __all__ = [
-    "DenseTerm", "LowRankTerm", "MaskResult", "MaskedLowRank", "Prefetcher", "TokenPiece", "cross_rows", "find_subject_tokens",
-    "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks", "resize_owner", "salient_tokens",
-    "slic_segments", "subject_maps", "suppress_sinks", "upsample_maps", "vote_owner",
+    "DenseTerm", "LowRankTerm", "MaskResult", "MaskedLowRank", "Prefetcher", "TokenPiece", "cross_rows",
+    "find_subject_tokens", "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks", "resize_owner",
+    "salient_tokens", "slic_segments", "subject_maps", "suppress_sinks", "upsample_maps", "vote_owner",
 ]

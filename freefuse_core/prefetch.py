@@ -2,7 +2,8 @@
 
 Two rank-32 LoRAs on every linear layer of FLUX.1-dev hold about 0.8 GiB. Kept on the GPU for a
 whole run, that is 0.8 GiB more than a merged-LoRA run needs. Here the terms of each group of
-layers (one transformer block; any other layer alone) are one flat host buffer (pinned for CUDA),
+layers (a transformer block; outside the blocks, a top-level module such as `img_in` or
+`final_layer`) are one flat host buffer (pinned for CUDA),
 and the device holds a ring of `window + 1` buffers, each the size of the largest group. When
 the first layer of group `g_i` (in the order the model first called them, wrapping round into the
 next evaluation) is called:
