@@ -313,7 +313,7 @@ def main_part(bench: Bench):
         rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats, "c")
     if "d" in todo:
         rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats, "d")
-    parity = None
+    parity = resident_gib = None
     if "c" in todo:  # the same run with every LoRA term resident on the GPU (no prefetch): cost and parity
         prefetched = bench.freefuse(setup, "continue")[0]["samples"]
         staged_devices = glue.injection.STAGED_DEVICES
@@ -351,7 +351,7 @@ def main_part(bench: Bench):
         "extraction_breakdown_seconds": stage_times[256],
         "extraction_breakdown_seconds_128px": stage_times[128],
         "lora_gib": lora_gib(ours),
-        "lora_gib_on_gpu_resident": resident_gib if parity is not None else None,
+        "lora_gib_on_gpu_resident": resident_gib,
         "prefetched_vs_resident_max_abs_diff": parity,
         "extraction_over_first_k_steps_seconds": extraction - only_k,
     }

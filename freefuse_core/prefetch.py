@@ -3,10 +3,9 @@
 Two rank-32 LoRAs on every linear layer of FLUX.1-dev hold about 0.8 GiB. Kept on the GPU for a
 whole run, that is 0.8 GiB more than a merged-LoRA run needs. Here the terms of each group of
 layers (a transformer block; outside the blocks, a top-level module such as `img_in` or
-`final_layer`) are one flat host buffer (pinned for CUDA),
-and the device holds a ring of `window + 1` buffers, each the size of the largest group. When
-the first layer of group `g_i` (in the order the model first called them, wrapping round into the
-next evaluation) is called:
+`final_layer`) are one flat host buffer (pinned for CUDA), and the device holds a ring of
+`window + 1` buffers, each the size of the largest group. When the first layer of group `g_i` (in
+the order the model first called them, wrapping round into the next evaluation) is called:
 
     ring = { g_i, g_(i+1), ..., g_(i+window) }     (the ones not yet there are copied now)
 
@@ -39,11 +38,14 @@ class Prefetcher:
             raise ValueError(f"the prefetch window must be at least 1 group; got {window}")
         self.layers = layers
         self.window = window
-        self.members: dict[str, list[str]] = {}
-        for path in layers:
-            self.members.setdefault(group_of(path), []).append(path)
         self.group = {path: group_of(path) for path in layers}
-        self.numel = {g: sum(f.numel() for p in ps for f in layers[p].floats()) for g, ps in self.members.items()}
+        self.members: dict[str, list[str]] = {}
+        self.offset: dict[str, int] = {}    # where a layer's floats start in its group's buffer
+        self.numel: dict[str, int] = {}     # a group's buffer length
+        for path, group in self.group.items():
+            self.members.setdefault(group, []).append(path)
+            self.offset[path] = self.numel.get(group, 0)
+            self.numel[group] = self.offset[path] + sum(f.numel() for f in layers[path].floats())
         self.order: list[str] = []
         self.index: dict[str, int] = {}
         self.host: dict[tuple[str, torch.dtype, bool], torch.Tensor] = {}
@@ -136,11 +138,7 @@ class _Ring:
         return self.views[key]
 
     def _view(self, path: str, slot: int, prefetcher: Prefetcher) -> MaskedLowRank:
-        offset = 0
-        for member in prefetcher.members[prefetcher.group[path]]:
-            if member == path:
-                break
-            offset += sum(f.numel() for f in prefetcher.layers[member].floats())
+        offset = prefetcher.offset[path]
         template = prefetcher.layers[path]
         if path not in self.owners:
             self.owners[path] = template.owner.to(self.device)
