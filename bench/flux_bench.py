@@ -31,7 +31,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--comfyui", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile"])
+    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls"])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
@@ -260,12 +260,18 @@ def measure(fn, repeats: int, name: str = ""):
 
 
 class StageTimer:
-    """Wraps the extraction's stages with synchronised timers (attention, x0 image, SLIC, voting)."""
+    """Wraps the extraction's stages with synchronised timers (attention, x0 image, SLIC, voting; the
+    step-k run that SLIC overlaps, and inside the x0 image the VAE network alone).
 
-    STAGES = {"attention capture": (glue.sampling, "subject_maps"), "x0 to image": (glue.sampling, "_x0_image"),
-              "superpixels": (glue.sampling, "slic_segments"), "voting": (glue.sampling, "vote_owner")}
+    SLIC runs in a worker thread beside the step-k run, so the stages add up to more than the whole."""
 
-    def __init__(self):
+    def __init__(self, vae):
+        self.STAGES = {"attention capture": (glue.sampling, "subject_maps"),
+                       "x0 to image": (glue.sampling, "_x0_image"),
+                       "VAE network (inside x0 to image)": (vae.first_stage_model, "decode"),
+                       "superpixels (worker thread)": (glue.sampling, "slic_segments"),
+                       "step k to block b (beside the superpixels)": (glue.sampling, "_capture_maps"),
+                       "voting": (glue.sampling, "vote_owner")}
         self.totals = dict.fromkeys(self.STAGES, 0.0)
         self.saved = {}
 
@@ -332,7 +338,7 @@ def main_part(bench: Bench):
             injection_of(ours).cast.clear()
     stage_times = {}
     for px in (256, 128):
-        with StageTimer() as stages:
+        with StageTimer(bench.vae) as stages:
             glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae", px)
         stage_times[px] = stages.totals
     extraction = timed(lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae"))[0]
@@ -424,6 +430,33 @@ def profile_part(bench: Bench):
     return out
 
 
+def calls_part(bench: Bench):
+    """cProfile (host time, GPU waits included) of one extraction and one continue pass, warm."""
+    import cProfile
+    import io
+    import pstats
+    names = bench.loras(ARGS.rank, 2)
+    setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
+    out = {}
+    block = 1 if ARGS.small else 16
+    for name, run in (("extract", lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae")),
+                      ("continue", lambda: bench.freefuse(setup, "continue"))):
+        run()
+        sync()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run()
+        sync()
+        profiler.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.print_stats("model_management|comfy/sd.py|model_patcher|freefuse_|sample.py|hooks", 60)
+        (Path(ARGS.out) / f"calls_{name}.txt").write_text(text.getvalue())
+        out[name] = stats.total_tt
+    return out
+
+
 def main():
     note("building the model")
     bench = Bench(torch.float8_e4m3fn if ARGS.fp8 else torch.bfloat16)
@@ -453,7 +486,7 @@ def main():
         if "c FreeFuse continue" in rows:
             print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
-        parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part}
+        parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part, "calls": calls_part}
         result = parts[ARGS.part](bench)
         (out / f"{ARGS.part}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))

@@ -84,11 +84,15 @@ def main():
     parser.add_argument("--loras", type=int, default=2)
     parser.add_argument("--sweep", action="store_true", help="also try kernel block shapes on two layers")
     parser.add_argument("--parts", action="store_true", help="instead, time each piece of the LoRA term alone")
+    parser.add_argument("--up", action="store_true", help="instead, compare ways to add the up projection")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
     if args.parts:
         pieces(args, device)
+        return
+    if args.up:
+        up_variants(args, device)
         return
     totals = {}
     names = None
@@ -139,6 +143,56 @@ def pieces(args, device):
         for piece, fn in named.items():
             t = triton.testing.do_bench(fn, return_mode="median")
             print(f"parts {name:15s} {piece:34s} {1000 * t:8.1f} us")
+
+
+def block_diagonal(path) -> torch.Tensor:
+    """`[out, R]`: every slice's stacked `s B` at its rows and rank columns, zeros elsewhere."""
+    full = torch.zeros(path.out_features, path.down.shape[0], device=path.down.device, dtype=path.down.dtype)
+    for s in path.slices:
+        full[s.start:s.stop, s.ranks] = s.up
+    return full
+
+
+def up_variants(args, device):
+    """The whole layer (base + term) with the up projection added in different ways, % over base."""
+    totals = {}
+    for name, (tokens, d_in, d_out, n_parts, count) in KINDS.items():
+        _, path, x, w, b, mask = layer(tokens, d_in, d_out, n_parts, args.rank, args.loras, device)
+        x2, f = x.view(-1, d_in), mask.view(-1, mask.shape[-1])
+        fo = f.index_select(-1, path.owner)
+        full = block_diagonal(path)
+        linear = torch.nn.functional.linear
+
+        def masked_h():
+            return torch.mm(x2, path.down.t()).mul_(fo)
+
+        def slices():
+            y, h = linear(x2, w, b), masked_h()
+            for s in path.slices:
+                y[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t())
+            return y
+
+        def write_first():
+            return torch.addmm(b, masked_h(), full.t()).addmm_(x2, w.t())
+
+        runs = {
+            "base": lambda: linear(x2, w, b),
+            "torch (now)": lambda: path.add_to(linear(x, w, b), x, mask),
+            "unmasked (now)": lambda: path.add_to(linear(x, w, b), x, None),
+            "mask cached": slices,
+            "one addmm_ block-diag": lambda: linear(x2, w, b).addmm_(masked_h(), full.t()),
+            "write term, base beta=1": write_first,
+        }
+        want = runs["torch (now)"]().float()
+        delta = (want - runs["base"]().float()).norm()
+        times = {n: triton.testing.do_bench(fn, return_mode="median") for n, fn in runs.items()}
+        errs = {n: float((runs[n]().float() - want).norm() / delta) for n in runs if n not in ("base", "unmasked (now)")}
+        for n, t in times.items():
+            totals[n] = totals.get(n, 0.0) + count * t
+        print(f"up {name:15s} base {1000 * times['base']:7.1f} us " + " ".join(
+            f"| {n} {100 * (t / times['base'] - 1):+6.1f} % ({errs.get(n, 0):.0e})" for n, t in times.items() if n != "base"))
+    print("up per step (linear layers only): base %.1f ms; " % totals["base"] + ", ".join(
+        f"{n} +{100 * (t / totals['base'] - 1):.1f} %" for n, t in totals.items() if n != "base"))
 
 
 def sweep(args, device):

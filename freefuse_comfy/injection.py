@@ -19,7 +19,7 @@ LoRA acts unmasked (an ordinary LoRA run).
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -57,6 +57,7 @@ class CallMasks:
     joint: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     loras_on: bool = True
+    memos: dict = field(default_factory=dict, compare=False, repr=False)   # per stream: MaskedLowRank's memo
 
 
 ACTIVE: ContextVar[CallMasks | None] = ContextVar("freefuse_call_masks", default=None)
@@ -140,10 +141,11 @@ def _masked_forward(base_forward, stream: str, cast):
         if call is not None and not call.loras_on:
             return y
         mask = None if call is None else getattr(call, stream)
+        memo = None if mask is None else call.memos.setdefault(stream, {})
         fast = cast(y.device, y.dtype)
         if stream == "pooled" and mask is not None:
-            return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask).squeeze(1)
-        return fast.add_to(y, x.to(y.dtype), mask)
+            return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask, memo).squeeze(1)
+        return fast.add_to(y, x.to(y.dtype), mask, memo)
 
     return forward
 

@@ -66,10 +66,14 @@ class MaskPlan:
                 text[:, [r for r in rows if r < txt_len], column] = 0
             pooled = present.clone()
             pooled[..., self.pooled_off] = 0
-            pooled = None if bool(pooled.all()) else pooled
-            self.cache[key] = CallMasks(image=image, text=text, joint=torch.cat([text, image], dim=1),
-                                        pooled=pooled)
+            self.cache[key] = CallMasks(image=image, text=_unless_ones(text), joint=torch.cat([text, image], dim=1),
+                                        pooled=_unless_ones(pooled))
         return self.cache[key]
+
+
+def _unless_ones(factors: torch.Tensor) -> torch.Tensor | None:
+    """None (unmasked: no multiply at all) where every factor is 1, else the factors."""
+    return None if bool((factors == 1).all()) else factors
 
 
 def _mask_wrapper(plan: MaskPlan):

@@ -9,7 +9,8 @@ latent kept with its leftover noise, as KSamplerAdvanced does), then step `k` fr
 stopped inside double block `b` once `q, k` are read: the blocks after `b` never run. The step of
 the capture is the first evaluation of the second call, and the capture checks that its sigma is
 `sigmas[k]` of the schedule. `x0` for the superpixels is the prediction of step `k-1`, the last
-complete evaluation (the sampler's step callback hands it over).
+complete evaluation (the sampler's step callback hands it over); it is decoded before step `k`
+runs, so SLIC works on the CPU in a worker thread while the GPU evaluates step `k`.
 
 Stage 2 either samples again from step 0 with the same seed and schedule ("restart", default) or
 goes on from the step-`k` latent ("continue"). Masks reach the layers through a diffusion-model
@@ -18,6 +19,7 @@ wrapper that sets `injection.CallMasks` for each evaluation and resets it after.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,25 +185,37 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
 
     latent_image = latent_image_of(setup)
     samples = run_sampler(model, setup, noise_of(setup), latent_image, callback, last_step=step,
-                      force_full_denoise=False)
-    sigma_k = float(_sigmas(setup)[step])
+                          force_full_denoise=False)
+    image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
+    size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool:
+        segments = pool.submit(_superpixels, image, sigma, size)   # on the CPU while the GPU runs step k
+        maps = _capture_maps(setup, samples, step, block, loras_before, token_sets)
+        segments = segments.result()
+    return _vote(subjects, token_sets, maps, image, segments, step, block, setup,
+                 {**setup.latent, "samples": samples})
 
+
+def _capture_maps(setup: SamplingSetup, samples: torch.Tensor, step: int, block: int, loras_before: bool,
+                  token_sets) -> torch.Tensor:
+    """Eq. 5-10 from double block `block` of step `step`, the evaluation stopped right there."""
     capture = setup.model.clone()
     capture.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
-    grid = _grid(setup.latent)
-    capture.set_model_patch_replace(_capture_patch(grid, token_sets, sigma_k), "dit", "double_block", block)
+    capture.set_model_patch_replace(_capture_patch(_grid(setup.latent), token_sets, float(_sigmas(setup)[step])),
+                                    "dit", "double_block", block)
     try:
         run_sampler(capture, setup, comfy_sample.prepare_empty_noise(samples), samples, None,
-                cfg=1.0, sampler_name="euler", disable_noise=True, start_step=step, last_step=step + 1,
-                disable_pbar=True)
+                    cfg=1.0, sampler_name="euler", disable_noise=True, start_step=step, last_step=step + 1,
+                    disable_pbar=True)
     except _Captured as captured:
-        maps = captured.maps.float().cpu()
-    else:
-        raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
-                           "another node may replace that block. Remove it or choose another block.")
-    image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
-    return _vote(subjects, token_sets, maps, image, sigma, step, block, setup,
-                 {**setup.latent, "samples": samples})
+        return captured.maps.float().cpu()
+    raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
+                       "another node may replace that block. Remove it or choose another block.")
+
+
+def _superpixels(image: torch.Tensor, sigma: float, size: tuple[int, int]) -> list[np.ndarray]:
+    """Eq. 11 for every batch item of the x0 image (numpy and SLIC only: safe off the main thread)."""
+    return [slic_segments(item.numpy().astype(np.float64), sigma=sigma, full_size=size) for item in image]
 
 
 def _x0_image(model, vae, x0: torch.Tensor, image_source: str, superpixel_px: int) -> torch.Tensor:
@@ -229,13 +243,12 @@ def _grid(latent: dict) -> tuple[int, int]:
     return (height + 1) // 2, (width + 1) // 2
 
 
-def _vote(subjects, token_sets, maps, image, sigma, step, block, setup, latent_at_step) -> FreeFuseMasks:
+def _vote(subjects, token_sets, maps, image, segments, step, block, setup, latent_at_step) -> FreeFuseMasks:
     grid = _grid(setup.latent)
     size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     token_masks, pixel_masks = [], []
     for b in range(image.shape[0]):
-        segments = slic_segments(image[b].numpy().astype(np.float64), sigma=sigma, full_size=size)
-        owner = resize_owner(vote_owner(maps[b], segments, grid, size=size), size)
+        owner = resize_owner(vote_owner(maps[b], segments[b], grid, size=size), size)
         token_masks.append(owner_to_token_masks(owner, len(subjects), grid))
         pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)))
     token_masks = torch.stack(token_masks)

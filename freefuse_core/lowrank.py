@@ -49,6 +49,7 @@ class MaskedLowRank:
         self.dense = tuple(t for t in self.terms if isinstance(t, DenseTerm))
         self.down = torch.cat([t.down for t in low]) if low else None
         self.owner = torch.tensor([t.subject for t in low for _ in range(t.down.shape[0])], dtype=torch.long)
+        self.owner_key = tuple(self.owner.tolist())
         self.subjects = 1 + max((t.subject for t in self.terms), default=-1)
         slices, rank = [], 0
         for (start, rows), group in _groups(low):
@@ -72,19 +73,22 @@ class MaskedLowRank:
         floats = list(floats)
         moved = object.__new__(MaskedLowRank)
         moved.terms, moved.out_features, moved.subjects = self.terms, self.out_features, self.subjects
+        moved.owner_key = self.owner_key
         moved.down = None if self.down is None else floats.pop(0)
         moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, floats.pop(0)) for s in self.slices)
         moved.dense = tuple(DenseTerm(t.subject, floats.pop(0), t.out_start) for t in self.dense)
         moved.owner = owner
         return moved
 
-    def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+               memo: dict | None = None) -> torch.Tensor:
         """`y + sum_l F_l B_l A_l x`, added in place into `y` (made contiguous first if it is not).
 
         x: `[..., T, in]` or pooled `[B, in]`; y: the base output `[..., out_features]`; mask: `[B, T, S]`
         (column `subject` of each term) or None (all ones, the only choice for pooled inputs).
         Each slice is one `addmm_` straight into its columns of `y` (the GEMM's own `C += A B`), so no
-        output-sized intermediate is written and read back.
+        output-sized intermediate is written and read back. `memo`, kept by the caller for one mask,
+        holds the mask gathered to the rank rows, shared by every layer with the same rank layout.
         """
         self._check_call(y, x, mask)
         y = y if y.is_contiguous() else y.contiguous()
@@ -94,7 +98,7 @@ class MaskedLowRank:
         if self.down is not None:
             h = torch.mm(x2, self.down.t())
             if f is not None:
-                h.mul_(f.to(h.dtype).index_select(-1, self.owner))
+                h.mul_(self._rank_mask(f, h.dtype, memo))
             for s in self.slices:
                 y2[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t())
         for t in self.dense:
@@ -103,6 +107,16 @@ class MaskedLowRank:
                 delta.mul_(f[:, t.subject:t.subject + 1].to(delta.dtype))
             y2[:, t.out_start:t.out_start + delta.shape[-1]].add_(delta)
         return y
+
+    def _rank_mask(self, f: torch.Tensor, dtype: torch.dtype, memo: dict | None) -> torch.Tensor:
+        """`[tokens, R]`: each rank row's column of the mask `f` `[tokens, S]`."""
+        key = (self.owner_key, f.device, dtype)
+        if memo is not None and key in memo:
+            return memo[key]
+        gathered = f.to(dtype).index_select(-1, self.owner.to(f.device))
+        if memo is not None:
+            memo[key] = gathered
+        return gathered
 
     def _check_call(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None):
         if y.shape[:-1] != x.shape[:-1] or y.shape[-1] != self.out_features:

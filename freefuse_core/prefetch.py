@@ -99,7 +99,7 @@ class _Ring:
         self.held: dict[str, int] = {}              # group -> slot
         self.current: str | None = None
         self.views: dict[tuple[str, int], MaskedLowRank] = {}
-        self.owners: dict[str, torch.Tensor] = {}
+        self.owners: dict[tuple[int, ...], torch.Tensor] = {}   # one device copy per rank layout
 
     def leave(self) -> None:
         if self.current is not None and self.cuda:
@@ -140,10 +140,10 @@ class _Ring:
     def _view(self, path: str, slot: int, prefetcher: Prefetcher) -> MaskedLowRank:
         offset = prefetcher.offset[path]
         template = prefetcher.layers[path]
-        if path not in self.owners:
-            self.owners[path] = template.owner.to(self.device)
+        if template.owner_key not in self.owners:   # non-blocking: a plain copy would wait for the GPU
+            self.owners[template.owner_key] = template.owner.to(self.device, non_blocking=True)
         floats = []
         for f in template.floats():
             floats.append(self.buffers[slot][offset:offset + f.numel()].view(f.shape))
             offset += f.numel()
-        return template.with_floats(floats, self.owners[path])
+        return template.with_floats(floats, self.owners[template.owner_key])

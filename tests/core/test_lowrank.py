@@ -140,3 +140,20 @@ def test_slices_and_calls_are_validated():
         layer.add_to(torch.zeros(1, 3, 6), x, torch.ones(1, 4, 3))
     with pytest.raises(ValueError, match="does not match"):
         layer.add_to(torch.zeros(1, 3, 5), x, None)
+
+
+def test_rank_mask_is_gathered_once_per_rank_layout_and_reused(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    same = [MaskedLowRank([LowRankTerm(l, torch.randn(2, IN, generator=g), torch.randn(15, 2, generator=g), 0)
+                           for l in range(2)], 15) for _ in range(2)]
+    other = MaskedLowRank([LowRankTerm(1, torch.randn(3, IN, generator=g), torch.randn(15, 3, generator=g), 0)], 15)
+    x, mask = torch.randn(2, 5, IN, generator=g), (torch.rand(2, 5, 2, generator=g) > 0.5).float()
+    expected = [layer.add_to(torch.zeros(2, 5, 15), x, mask) for layer in (*same, other)]
+    gathers = []
+    real = torch.Tensor.index_select
+    monkeypatch.setattr(torch.Tensor, "index_select", lambda self, *a: gathers.append(a) or real(self, *a))
+    memo = {}
+    got = [layer.add_to(torch.zeros(2, 5, 15), x, mask, memo) for layer in (*same, other, *same)]
+    assert len(gathers) == 2 and len(memo) == 2   # one per rank layout, not one per layer call
+    for g_, e in zip(got, expected + expected[:2]):
+        assert torch.equal(g_, e)

@@ -1,4 +1,5 @@
 """The nodes in the real ComfyUI host (CPU, tiny Flux-architecture models built by ComfyUI)."""
+import threading
 from dataclasses import replace
 
 import comfy.model_management
@@ -191,6 +192,44 @@ def test_model_evaluations_and_one_capture(world, two_loras, monkeypatch, pack, 
     assert counter.counts["single_blocks.0"] == evaluations
     assert len(captures) == 1
     assert captures[0][1] == 256 and captures[0][2] == (4, 4)
+
+
+def test_superpixels_run_in_a_worker_thread_beside_step_k(world, two_loras, monkeypatch, pack):
+    sampling = module(pack, "freefuse_comfy.sampling")
+    started, seen = threading.Event(), {}
+    real_slic, real_capture = sampling.slic_segments, sampling._capture_maps
+
+    def slic(*args, **kwargs):
+        seen["slic thread"] = threading.current_thread().name
+        started.set()
+        return real_slic(*args, **kwargs)
+
+    def capture(*args, **kwargs):
+        seen["slic began before step k ended"] = started.wait(timeout=60)
+        return real_capture(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "slic_segments", slic)
+    monkeypatch.setattr(sampling, "_capture_maps", capture)
+    a, b = two_loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
+    assert seen["slic began before step k ended"]
+    assert seen["slic thread"].startswith("freefuse-slic")
+    assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
+
+
+def test_text_rows_skip_the_mask_multiply_when_every_subject_has_a_region(pack):
+    masked = module(pack, "freefuse_comfy.masked")
+    image = torch.zeros(1, 16, 2)
+    image[0, :8, 0], image[0, 8:, 1] = 1, 1
+    x = torch.zeros(1, 16, 8, 8)
+    call = masked.MaskPlan(image, (4, 4)).for_call(x, txt_len=5, chunks=1)
+    assert call.text is None and call.pooled is None
+    assert torch.equal(call.joint[0, :5], torch.ones(5, 2)) and torch.equal(call.joint[0, 5:], image[0])
+    image[0, 8:, 1], image[0, 8:, 0] = 0, 1   # Bob owns nothing: his text rows are 0, so they stay masked
+    call = masked.MaskPlan(image, (4, 4)).for_call(x, txt_len=5, chunks=1)
+    assert torch.equal(call.text[0], torch.tensor([[1.0, 0.0]] * 5))
+    isolated = masked.MaskPlan(torch.ones(1, 16, 2), (4, 4), text_off={0: (1,)}).for_call(x, txt_len=5, chunks=1)
+    assert isolated.text is not None and isolated.text[0, 1, 0] == 0
 
 
 def test_masks_reach_the_layer_as_per_token_factors(world, two_loras):

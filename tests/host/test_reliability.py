@@ -219,9 +219,10 @@ def test_subject_without_a_region_is_warned_in_log_and_preview(world, loras, cap
     sampling = module(pack, "freefuse_comfy.sampling")
     maps = torch.zeros(1, 2, 16)
     maps[0, 0] = 1.0  # Alice's map wins every superpixel
+    segments = sampling._superpixels(masks.image, 1.0, tuple(masks.pixel_masks.shape[-2:]))
     with caplog.at_level("WARNING"):
         voted = sampling._vote([*world.loras((a, "Alice"), (b, "Bob")).get_attachment("freefuse_loras")],
-                               masks.subject_tokens, maps, masks.image, 1.0, 2, 1, masks.setup,
+                               masks.subject_tokens, maps, masks.image, segments, 2, 1, masks.setup,
                                masks.latent_at_step)
     assert voted.empty_subjects == ("bob",)
     assert "subject 'bob' won no superpixel" in caplog.text
