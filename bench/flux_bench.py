@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import platform
 import statistics
 import sys
 import tempfile
@@ -298,6 +299,24 @@ class StageTimer:
             setattr(module, name, self.saved[stage])
 
 
+def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:
+    """Host time of one non-blocking copy from pinned memory to the GPU (a block's LoRA terms are about
+    13 MiB): microseconds where the copy is asynchronous, the transfer itself where the platform makes
+    it synchronous."""
+    if DEVICE.type != "cuda":
+        return None
+    source = torch.empty(mib * 2**19, dtype=torch.bfloat16).pin_memory()
+    target = torch.empty_like(source, device=DEVICE)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        target.copy_(source, non_blocking=True)
+        times.append(time.perf_counter() - start)
+    sync()
+    return 1000 * statistics.median(times)
+
+
 def main_part(bench: Bench):
     steps, size, rank, repeats, todo = ARGS.steps, ARGS.size, ARGS.rank, ARGS.repeats, ARGS.rows
     block = 1 if ARGS.small else 16
@@ -351,6 +370,7 @@ def main_part(bench: Bench):
     b = rows["b stock LoRA (merged)"][0]
     return {
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+        "kernel": platform.release(), "host_side_copy_ms_13mib": host_side_copy_ms(),
         "dynamic_vram": not ARGS.disable_dynamic_vram, "fp8": ARGS.fp8, "steps": steps, "size": size, "rank": rank,
         "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
         "first_run_after_lora_change": first,
@@ -478,6 +498,7 @@ def main():
                   {k: round(v, 4) for k, v in result[f"extraction_breakdown_seconds{px}"].items()})
         print(f"LoRA tensors: {result['lora_gib']}; all resident on the GPU: {result['lora_gib_on_gpu_resident']} "
               f"GiB; prefetched vs resident latents max |diff| {result['prefetched_vs_resident_max_abs_diff']}")
+        print(f"kernel {result['kernel']}; host time of a 13 MiB pinned copy: {result['host_side_copy_ms_13mib']} ms")
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
         rows = result["rows"]

@@ -18,6 +18,7 @@ LoRA acts unmasked (an ordinary LoRA run).
 """
 from __future__ import annotations
 
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -101,13 +102,12 @@ class LoraInjection:
         self.cast: dict[tuple[str, torch.device, torch.dtype], MaskedLowRank] = {}
         self.prefetcher = Prefetcher({path: lowrank for path, (_, lowrank) in self.layers.items()
                                       if not lowrank.dense})
+        self.targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def inject(self, patcher) -> None:
-        root = patcher.model.diffusion_model
-        for path, (stream, lowrank) in self.layers.items():
-            module = comfy_utils.get_attr(root, path)
-            self.saved[module] = module.__dict__.get("forward")
-            module.forward = _masked_forward(module.forward, stream, self._caster(path, lowrank))
+        for module, stream, cast, forward in self._targets(patcher.model.diffusion_model):
+            previous = self.saved[module] = module.__dict__.get("forward")
+            module.forward = forward if previous is None else _masked_forward(previous, stream, cast)
 
     def eject(self, patcher) -> None:
         for module, previous in self.saved.items():
@@ -120,6 +120,19 @@ class LoraInjection:
 
     def as_patcher_injection(self) -> PatcherInjection:
         return PatcherInjection(inject=self.inject, eject=self.eject)
+
+    def _targets(self, root) -> list:
+        """Per targeted layer of `root`: the module, its stream, its caster and its masked forward over the
+        class's own forward, built once per model: ComfyUI ejects and re-injects several times a run."""
+        if root not in self.targets:
+            built = []
+            for path, (stream, lowrank) in self.layers.items():
+                module = comfy_utils.get_attr(root, path)
+                cast = self._caster(path, lowrank)
+                own = type(module).forward.__get__(module)
+                built.append((module, stream, cast, _masked_forward(own, stream, cast)))
+            self.targets[root] = built
+        return self.targets[root]
 
     def _caster(self, path: str, lowrank: MaskedLowRank):
         staged = path in self.prefetcher.layers

@@ -208,7 +208,7 @@ def _capture_maps(setup: SamplingSetup, samples: torch.Tensor, step: int, block:
                     cfg=1.0, sampler_name="euler", disable_noise=True, start_step=step, last_step=step + 1,
                     disable_pbar=True)
     except _Captured as captured:
-        return captured.maps.float()
+        return captured.maps.float().cpu()
     raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
                        "another node may replace that block. Remove it or choose another block.")
 
@@ -244,14 +244,13 @@ def _grid(latent: dict) -> tuple[int, int]:
 
 
 def _vote(subjects, token_sets, maps, image, segments, step, block, setup, latent_at_step) -> FreeFuseMasks:
-    """Eq. 12-13 on the device the maps are on (the GPU in a run); the masks come back on the CPU."""
     grid = _grid(setup.latent)
     size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     token_masks, pixel_masks = [], []
     for b in range(image.shape[0]):
         owner = resize_owner(vote_owner(maps[b], segments[b], grid, size=size), size)
-        token_masks.append(owner_to_token_masks(owner, len(subjects), grid).cpu())
-        pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)).cpu())
+        token_masks.append(owner_to_token_masks(owner, len(subjects), grid))
+        pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)))
     token_masks = torch.stack(token_masks)
     empty = tuple(s.name for i, s in enumerate(subjects) if not bool(token_masks[..., i].any()))
     for name in empty:

@@ -64,9 +64,8 @@ def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int =
     if up.shape[-2:] != labels.shape:
         up = F.interpolate(up[None], size=tuple(labels.shape), mode="bilinear", align_corners=False)[0]
     count = int(labels.max()) + 1
-    # float64: a GPU's index_add_ sums in no fixed order, which moves a sum by ~1e-16 of it here, not ~1e-7
-    sums = torch.zeros(up.shape[0], count, dtype=torch.float64, device=up.device)
-    sums.index_add_(1, labels.flatten(), up.flatten(1).double())
+    sums = torch.zeros(up.shape[0], count, dtype=up.dtype, device=up.device)
+    sums.index_add_(1, labels.flatten(), up.flatten(1))
     return sums.argmax(dim=0)[labels]
 
 

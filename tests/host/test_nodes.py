@@ -217,6 +217,21 @@ def test_superpixels_run_in_a_worker_thread_beside_step_k(world, two_loras, monk
     assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
 
 
+def test_masked_forwards_are_built_once_per_model_not_at_every_inject(world, two_loras, monkeypatch):
+    injection = module(world.pack, "freefuse_comfy.injection")
+    built, ejects = [], []
+    real_build, real_eject = injection._masked_forward, injection.LoraInjection.eject
+    monkeypatch.setattr(injection, "_masked_forward", lambda *a: built.append(a) or real_build(*a))
+    monkeypatch.setattr(injection.LoraInjection, "eject", lambda self, p: ejects.append(p) or real_eject(self, p))
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    layers = len(model.get_injections(injection.INJECTION_KEY)[0].inject.__self__.layers)
+    first = world.masked(world.extract(model))
+    assert len(built) == layers and len(ejects) > 1
+    torch.testing.assert_close(world.masked(world.extract(model)), first, atol=0, rtol=0)
+    assert len(built) == layers
+
+
 def test_text_rows_skip_the_mask_multiply_when_every_subject_has_a_region(pack):
     masked = module(pack, "freefuse_comfy.masked")
     image = torch.zeros(1, 16, 2)
