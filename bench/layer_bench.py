@@ -1,6 +1,7 @@
 """Per-layer cost of the masked LoRA term at FLUX.1-dev's shapes (1024 px: 4096 image + 512 text tokens).
 
     python3 bench/layer_bench.py            # on a CUDA machine; prints one row per layer kind and a step total
+    python3 bench/layer_bench.py --up       # the ways to add the up projection (docs/bench/up_variants.txt)
 
 For each linear layer kind of a Flux step: the base GEMM (`F.linear`, bf16) and the LoRA term of two
 rank-`r` LoRAs with binary masks through the torch path (mm, mask, addmm_ per slice) and the Triton
@@ -186,11 +187,13 @@ def up_variants(args, device):
         want = runs["torch (now)"]().float()
         delta = (want - runs["base"]().float()).norm()
         times = {n: triton.testing.do_bench(fn, return_mode="median") for n, fn in runs.items()}
-        errs = {n: float((runs[n]().float() - want).norm() / delta) for n in runs if n not in ("base", "unmasked (now)")}
+        errs = {n: float((runs[n]().float() - want).norm() / delta)
+                for n in runs if n not in ("base", "unmasked (now)")}
         for n, t in times.items():
             totals[n] = totals.get(n, 0.0) + count * t
         print(f"up {name:15s} base {1000 * times['base']:7.1f} us " + " ".join(
-            f"| {n} {100 * (t / times['base'] - 1):+6.1f} % ({errs.get(n, 0):.0e})" for n, t in times.items() if n != "base"))
+            f"| {n} {100 * (t / times['base'] - 1):+6.1f} % ({errs.get(n, 0):.0e})"
+            for n, t in times.items() if n != "base"))
     print("up per step (linear layers only): base %.1f ms; " % totals["base"] + ", ".join(
         f"{n} +{100 * (t / totals['base'] - 1):.1f} %" for n, t in totals.items() if n != "base"))
 
