@@ -112,14 +112,15 @@ def verdict(value: float, limit: float) -> str:
 
 
 def runs_table() -> list[str]:
-    lines = ["| file | code | b s | c / b | d / b | c' / b | c / c' | extraction / b | SLIC thread ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | code | b s | c / b | d / b | c' / b | c / c' | extraction / b | SLIC thread ms "
+             "| peak c - b GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, code in RUNS:
         run = load(name)
         d = f"{over_b(run, 'd'):.3f}" if any(k.startswith("d ") for k in run["rows"]) else ""
         lines.append(f"| `{name}` | {code} | {seconds(run, 'b'):.3f} | {over_b(run, 'c'):.3f} | {d} | "
                      f"{over_b(run, RESIDENT):.3f} | {seconds(run, 'c') / seconds(run, RESIDENT):.3f} | "
-                     f"{extraction(run):.4f} | {1000 * stage(run, 'superpixels'):.0f} |")
+                     f"{extraction(run):.4f} | {1000 * stage(run, 'superpixels'):.0f} | {peak_over_b(run, 'c'):.2f} |")
     return lines
 
 
