@@ -229,7 +229,9 @@ def main() -> None:
         "them in pinned host memory, one buffer per transformer block, and copies each block's terms into a ring "
         "of 3 GPU buffers two blocks ahead of use, on a side stream (`freefuse_core/prefetch.py`). "
         f"In this run: {lora['gpu']:.3f} GiB of ring on the GPU and {lora['pinned_host']:.2f} GiB pinned on the "
-        f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB. The latents of c with prefetched and with resident "
+        f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB; the other calls of this session gave "
+        + ", ".join(f"{peak_over_b(load(name), 'c'):.2f}" for name, _ in RUNS[:-1])
+        + " (the cause of the difference was not found). The latents of c with prefetched and with resident "
         f"terms differ by max |diff| {main['prefetched_vs_resident_max_abs_diff']}. One non-blocking 13 MiB copy "
         f"from pinned memory takes {main['host_side_copy_ms_13mib'] * 1000:.0f} us of host time (asynchronous). "
         "A first version that staged every layer on its own cost c / c' = "
