@@ -281,7 +281,7 @@ class StageTimer:
     def __enter__(self):
         for stage, (module, name) in self.STAGES.items():
             real = getattr(module, name)
-            self.saved[stage] = real
+            self.saved[stage] = (real, name in vars(module))   # a method of an instance is not in its vars
             setattr(module, name, self._wrap(stage, real))
         return self
 
@@ -298,7 +298,11 @@ class StageTimer:
 
     def __exit__(self, *exc):
         for stage, (module, name) in self.STAGES.items():
-            setattr(module, name, self.saved[stage])
+            real, own = self.saved[stage]
+            if own:
+                setattr(module, name, real)
+            else:
+                delattr(module, name)
 
 
 def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:

@@ -113,7 +113,7 @@ class MaskedLowRank:
         key = (self.owner_key, f.device, dtype)
         if memo is not None and key in memo:
             return memo[key]
-        gathered = f.to(dtype).index_select(-1, self.owner.to(f.device))
+        gathered = f.to(dtype).index_select(-1, self.owner)
         if memo is not None:
             memo[key] = gathered
         return gathered
