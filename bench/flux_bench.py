@@ -361,6 +361,20 @@ def main_part(bench: Bench):
             glue.injection.STAGED_DEVICES = staged_devices
             mm.unload_all_models()
             injection_of(ours).cast.clear()
+    in_layer_diff = None
+    if "c" in todo:  # the same run with each MLP-in LoRA term added in its layer, not in the GELU after it
+        in_gelu = bench.freefuse(setup, "continue")[0]["samples"]
+        fused_devices = glue.injection.FUSED_DEVICES
+        glue.injection.FUSED_DEVICES = frozenset()
+        try:
+            in_layer = bench.freefuse(setup, "continue")[0]["samples"]
+            in_layer_diff = float((in_gelu.float() - in_layer.float()).abs().max())
+            note(f"continue, MLP terms in the GELU vs in the layer: max |diff| of the latents {in_layer_diff} "
+                 f"(latents' max |value| {float(in_layer.abs().max()):.3f})")
+            rows["c0 continue, MLP terms added in the layer"] = measure(lambda: bench.freefuse(setup, "continue"),
+                                                                        repeats, "c0")
+        finally:
+            glue.injection.FUSED_DEVICES = fused_devices
     stage_times = {}
     for px in (256, 128):
         with StageTimer(bench.vae) as stages:
@@ -389,6 +403,7 @@ def main_part(bench: Bench):
         "lora_gib": lora_gib(ours),
         "lora_gib_on_gpu_resident": resident_gib,
         "prefetched_vs_resident_max_abs_diff": parity,
+        "mlp_terms_in_gelu_vs_in_layer_max_abs_diff": in_layer_diff,
         "extraction_over_first_k_steps_seconds": added,
     }
 

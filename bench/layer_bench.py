@@ -2,6 +2,7 @@
 
     python3 bench/layer_bench.py            # on a CUDA machine; prints one row per layer kind and a step total
     python3 bench/layer_bench.py --up       # the ways to add the up projection (docs/bench/up_variants.txt)
+    python3 bench/layer_bench.py --gelu     # MLP-in layers: the term added in the layer or in the GELU after it
 
 For each linear layer kind of a Flux step: the base GEMM (`F.linear`, bf16) and the LoRA term of two
 rank-`r` LoRAs with binary masks through the torch path (mm, mask, addmm_ per slice) and the Triton
@@ -19,6 +20,7 @@ import triton.testing
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import triton_lowrank as kernels  # noqa: E402
 
+from freefuse_core.fused import up_gelu  # noqa: E402
 from freefuse_core.lowrank import LowRankTerm, MaskedLowRank  # noqa: E402
 
 H, MLP = 3072, 12288
@@ -86,6 +88,7 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="also try kernel block shapes on two layers")
     parser.add_argument("--parts", action="store_true", help="instead, time each piece of the LoRA term alone")
     parser.add_argument("--up", action="store_true", help="instead, compare ways to add the up projection")
+    parser.add_argument("--gelu", action="store_true", help="instead, MLP-in layers with the term in their GELU")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -94,6 +97,9 @@ def main():
         return
     if args.up:
         up_variants(args, device)
+        return
+    if args.gelu:
+        gelu_variants(args, device)
         return
     totals = {}
     names = None
@@ -196,6 +202,38 @@ def up_variants(args, device):
             for n, t in times.items() if n != "base"))
     print("up per step (linear layers only): base %.1f ms; " % totals["base"] + ", ".join(
         f"{n} +{100 * (t / totals['base'] - 1):.1f} %" for n, t in totals.items() if n != "base"))
+
+
+def gelu_variants(args, device):
+    """An MLP-in layer and the GELU after it, % over the base layer + GELU: the term added in the layer
+    (`add_to`, then the GELU) or held and added inside the GELU (`add_to_holding`, then `up_gelu`)."""
+    gelu = torch.nn.GELU(approximate="tanh")
+    linear = torch.nn.functional.linear
+    totals = {}
+    for name in ("img mlp.0", "txt mlp.0", "single linear1"):
+        tokens, d_in, d_out, n_parts, count = KINDS[name]
+        _, path, x, w, b, mask = layer(tokens, d_in, d_out, n_parts, args.rank, args.loras, device)
+        start = 3 * H if name == "single linear1" else 0
+
+        def in_gelu():
+            y, (h, up) = path.add_to_holding(linear(x, w, b), x, mask, None, (start, d_out))
+            return up_gelu(y[..., start:], h, up)
+
+        runs = {"base + GELU": lambda: gelu(linear(x, w, b)[..., start:]),
+                "term in the layer": lambda: gelu(path.add_to(linear(x, w, b), x, mask)[..., start:]),
+                "term in the GELU": in_gelu}
+        want, plain = runs["term in the layer"]().float(), runs["base + GELU"]().float()
+        err = float((runs["term in the GELU"]().float() - want).norm() / (want - plain).norm())
+        times = {n: triton.testing.do_bench(fn, return_mode="median") for n, fn in runs.items()}
+        for n, t in times.items():
+            totals[n] = totals.get(n, 0.0) + count * t
+        base = times["base + GELU"]
+        print(f"gelu {name:15s} base + GELU {1000 * base:7.1f} us | " + " | ".join(
+            f"{n} {100 * (t / base - 1):+6.1f} %" for n, t in times.items() if n != "base + GELU")
+              + f" | rel. err. of the GELU path {err:.1e}")
+    base = totals["base + GELU"]
+    print("gelu per step (these layers only): base + GELU %.1f ms; " % base + ", ".join(
+        f"{n} +{100 * (t / base - 1):.1f} %" for n, t in totals.items() if n != "base + GELU"))
 
 
 def sweep(args, device):

@@ -18,19 +18,22 @@ LoRA acts unmasked (an ordinary LoRA run).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 
-from ..freefuse_core import MaskedLowRank, Prefetcher
+from ..freefuse_core import MaskedLowRank, Prefetcher, up_gelu
+from ..freefuse_core.fused import HAS_TRITON
 from .host import PatcherInjection, comfy_utils
 from .loras import FreeFuseLora
 
 INJECTION_KEY = "freefuse"
 ATTACHMENT_KEY = "freefuse_loras"
 STAGED_DEVICES = frozenset({"cuda"})   # device types whose LoRA terms are prefetched, not resident
+FUSED_DEVICES = frozenset({"cuda"} if HAS_TRITON else ())   # device types where MLP-in terms join the GELU
 POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
 
 
@@ -59,6 +62,7 @@ class CallMasks:
     pooled: torch.Tensor | None = None
     loras_on: bool = True
     memos: dict = field(default_factory=dict, compare=False, repr=False)   # per stream: MaskedLowRank's memo
+    held: dict = field(default_factory=dict, compare=False, repr=False)    # per GELU module: its held term
 
 
 ACTIVE: ContextVar[CallMasks | None] = ContextVar("freefuse_call_masks", default=None)
@@ -73,8 +77,12 @@ class CallScope:
     def __enter__(self):
         self.token = ACTIVE.set(self.masks)
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, *exc):
         ACTIVE.reset(self.token)
+        if kind is None and self.masks.held:
+            paths = sorted(held.path for held in self.masks.held.values())
+            raise RuntimeError(f"FreeFuse: the LoRA terms of {paths} were held for their GELU, which never ran. "
+                               "This ComfyUI's Flux blocks differ from the ones FreeFuse knows; please report it.")
 
 
 def _layers(loras: tuple[FreeFuseLora, ...], diffusion_model) -> dict[str, tuple[str, MaskedLowRank]]:
@@ -105,9 +113,9 @@ class LoraInjection:
         self.targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def inject(self, patcher) -> None:
-        for module, stream, cast, forward in self._targets(patcher.model.diffusion_model):
+        for module, over, forward in self._targets(patcher.model.diffusion_model):
             previous = self.saved[module] = module.__dict__.get("forward")
-            module.forward = forward if previous is None else _masked_forward(previous, stream, cast)
+            module.forward = forward if previous is None else over(previous)
 
     def eject(self, patcher) -> None:
         for module, previous in self.saved.items():
@@ -122,15 +130,20 @@ class LoraInjection:
         return PatcherInjection(inject=self.inject, eject=self.eject)
 
     def _targets(self, root) -> list:
-        """Per targeted layer of `root`: the module, its stream, its caster and its masked forward over the
-        class's own forward, built once per model: ComfyUI ejects and re-injects several times a run."""
+        """Per replaced module of `root`: the module, `over` (its new forward over a given base forward) and
+        that forward over the class's own, built once per model: ComfyUI ejects and re-injects several
+        times a run. The GELU after an MLP-in layer is replaced too: it adds that layer's held term."""
         if root not in self.targets:
             built = []
             for path, (stream, lowrank) in self.layers.items():
                 module = comfy_utils.get_attr(root, path)
-                cast = self._caster(path, lowrank)
-                own = type(module).forward.__get__(module)
-                built.append((module, stream, cast, _masked_forward(own, stream, cast)))
+                gelu = _gelu_after(root, path) if stream != "pooled" else None
+                hold = None if gelu is None else _Hold(path, *gelu)
+                over = functools.partial(_masked_forward, stream=stream, cast=self._caster(path, lowrank), hold=hold)
+                built.append((module, over, over(_own_forward(module))))
+                if hold is not None:
+                    over = functools.partial(_gelu_forward, hold=hold)
+                    built.append((hold.gelu, over, over(_own_forward(hold.gelu))))
             self.targets[root] = built
         return self.targets[root]
 
@@ -147,7 +160,56 @@ class LoraInjection:
         return cast
 
 
-def _masked_forward(base_forward, stream: str, cast):
+def _own_forward(module):
+    return type(module).forward.__get__(module)
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """An MLP-in layer whose MLP columns `[start, stop)` feed only `gelu`: on FUSED_DEVICES the layer
+    leaves their LoRA term out and the GELU computes `gelu(y + h up^T)` in one pass (`up_gelu`)."""
+
+    path: str
+    gelu: torch.nn.Module
+    columns: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Held:
+    path: str
+    y: torch.Tensor          # the layer's whole output; the GELU must get exactly its MLP columns
+    columns: tuple[int, int]
+    h: torch.Tensor
+    up: torch.Tensor
+
+    def gelu_of(self, inp: torch.Tensor) -> torch.Tensor:
+        start, stop = self.columns
+        if (inp.data_ptr() != self.y.data_ptr() + start * self.y.element_size()
+                or inp.shape != self.y.shape[:-1] + (stop - start,)):
+            raise RuntimeError(f"FreeFuse: the GELU after '{self.path}' got a tensor other than that layer's "
+                               f"columns {start}..{stop}. This ComfyUI's Flux blocks differ from the ones "
+                               "FreeFuse knows; please report it.")
+        return up_gelu(inp, self.h, self.up)
+
+
+def _gelu_after(root, path: str):
+    """`(gelu, (start, stop))` where the output columns `[start, stop)` of layer `path` feed a tanh GELU
+    and nothing else (Flux's `*_mlp.0` and single-block `linear1`), else None."""
+    parent_path, _, name = path.rpartition(".")
+    parent = comfy_utils.get_attr(root, parent_path) if parent_path else root
+    if name == "0" and isinstance(parent, torch.nn.Sequential) and len(parent) == 3:
+        gelu, columns = parent[1], (0, parent[0].out_features)
+    elif name == "linear1" and hasattr(parent, "mlp_hidden_dim_first") and not getattr(parent, "yak_mlp", True):
+        start = 3 * parent.hidden_size
+        gelu, columns = parent.mlp_act, (start, start + parent.mlp_hidden_dim_first)
+    else:
+        return None
+    if type(gelu) is not torch.nn.GELU or gelu.approximate != "tanh":
+        return None
+    return gelu, columns
+
+
+def _masked_forward(base_forward, stream: str, cast, hold: _Hold | None):
     def forward(x, *args, **kwargs):
         y = base_forward(x, *args, **kwargs)
         call = ACTIVE.get()
@@ -158,7 +220,24 @@ def _masked_forward(base_forward, stream: str, cast):
         fast = cast(y.device, y.dtype)
         if stream == "pooled" and mask is not None:
             return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask, memo).squeeze(1)
-        return fast.add_to(y, x.to(y.dtype), mask, memo)
+        if hold is None or call is None or y.device.type not in FUSED_DEVICES:
+            return fast.add_to(y, x.to(y.dtype), mask, memo)
+        y, held = fast.add_to_holding(y, x.to(y.dtype), mask, memo, hold.columns)
+        if held is not None:
+            if hold.gelu in call.held:
+                raise RuntimeError(f"FreeFuse: '{hold.path}' ran twice before its GELU. This ComfyUI's Flux "
+                                   "blocks differ from the ones FreeFuse knows; please report it.")
+            call.held[hold.gelu] = _Held(hold.path, y, hold.columns, *held)
+        return y
+
+    return forward
+
+
+def _gelu_forward(own_forward, hold: _Hold):
+    def forward(inp):
+        call = ACTIVE.get()
+        held = None if call is None else call.held.pop(hold.gelu, None)
+        return own_forward(inp) if held is None else held.gelu_of(inp)
 
     return forward
 

@@ -1,5 +1,6 @@
 """FreeFuse, the method: host-independent (torch, numpy, scikit-image only; never ComfyUI)."""
 from .attention import cross_rows, salient_tokens, subject_maps, suppress_sinks
+from .fused import up_gelu
 from .lowrank import DenseTerm, LowRankTerm, MaskedLowRank
 from .prefetch import Prefetcher
 from .superpixels import (
@@ -17,5 +18,5 @@ from .tokens import TokenPiece, find_subject_tokens
 __all__ = [
     "DenseTerm", "LowRankTerm", "MaskResult", "MaskedLowRank", "Prefetcher", "TokenPiece", "cross_rows",
     "find_subject_tokens", "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks", "resize_owner",
-    "salient_tokens", "slic_segments", "subject_maps", "suppress_sinks", "upsample_maps", "vote_owner",
+    "salient_tokens", "slic_segments", "subject_maps", "suppress_sinks", "up_gelu", "upsample_maps", "vote_owner",
 ]

@@ -157,3 +157,25 @@ def test_rank_mask_is_gathered_once_per_rank_layout_and_reused(monkeypatch):
     assert len(gathers) == 2 and len(memo) == 2   # one per rank layout, not one per layer call
     for g_, e in zip(got, expected + expected[:2]):
         assert torch.equal(g_, e)
+
+
+def test_holding_a_slice_leaves_exactly_its_term_to_the_consumer():
+    """`add_to_holding` adds every slice but the one over exactly `columns`; that slice's `(h, up)` adds
+    the rest, so holding and adding later equals adding now. Columns no slice matches hold nothing."""
+    g = torch.Generator().manual_seed(3)
+    mlp = (3 * PART, 3 * PART + MLP)
+    terms = [LowRankTerm(0, torch.randn(2, IN, generator=g), torch.randn(3 * PART + MLP, 2, generator=g), 0)]
+    terms += [LowRankTerm(1, torch.randn(3, IN, generator=g), torch.randn(stop - start, 3, generator=g), start)
+              for start, stop in LAYOUTS[3 * PART + MLP]]
+    layer = MaskedLowRank(terms, 3 * PART + MLP)
+    x, mask = torch.randn(2, 5, IN, generator=g), torch.rand(2, 5, 2, generator=g).round()
+    base = torch.randn(2, 5, 3 * PART + MLP, generator=g)
+    expected = layer.add_to(base.clone(), x, mask)
+    y, (h, up) = layer.add_to_holding(base.clone(), x, mask, None, mlp)
+    assert h.shape == (10, 3) and up.shape == (MLP, 3)
+    assert not torch.allclose(y[..., mlp[0]:], expected[..., mlp[0]:])
+    y[..., mlp[0]:] += (h @ up.t()).view(2, 5, MLP)
+    torch.testing.assert_close(y, expected)
+    y, held = layer.add_to_holding(base.clone(), x, mask, None, (3 * PART, 3 * PART + 1))
+    assert held is None
+    torch.testing.assert_close(y, expected)

@@ -221,7 +221,7 @@ def test_masked_forwards_are_built_once_per_model_not_at_every_inject(world, two
     injection = module(world.pack, "freefuse_comfy.injection")
     built, ejects = [], []
     real_build, real_eject = injection._masked_forward, injection.LoraInjection.eject
-    monkeypatch.setattr(injection, "_masked_forward", lambda *a: built.append(a) or real_build(*a))
+    monkeypatch.setattr(injection, "_masked_forward", lambda *a, **k: built.append(a) or real_build(*a, **k))
     monkeypatch.setattr(injection.LoraInjection, "eject", lambda self, p: ejects.append(p) or real_eject(self, p))
     a, b = two_loras
     model = world.loras((a, "Alice"), (b, "Bob"))
@@ -352,6 +352,48 @@ def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_on_the_de
     torch.testing.assert_close(staged, resident, atol=0, rtol=0)
     comfy.model_management.unload_all_models()
     assert not prefetcher.rings
+
+
+def test_mlp_in_terms_join_their_gelu_with_the_same_samples(world, two_loras, monkeypatch):
+    """The CUDA path that adds each MLP-in layer's LoRA term inside the GELU after it (`up_gelu`, one
+    pass over the layer's output) forced onto the CPU: every double-block MLP and, where a LoRA has a
+    term on exactly the MLP columns of `linear1` (diffusers `proj_mlp`), every single block hand their
+    term over; the samples equal adding it in the layer, and the GELUs get their own forward back."""
+    injection = module(world.pack, "freefuse_comfy.injection")
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model)
+    in_layer = world.masked(masks)
+    comfy.model_management.unload_all_models()
+    monkeypatch.setattr(injection, "FUSED_DEVICES", frozenset({"cpu"}))
+    widths, real = [], injection.up_gelu
+    monkeypatch.setattr(injection, "up_gelu", lambda y, h, up: widths.append(y.shape[-1]) or real(y, h, up))
+    masks = world.extract(model)
+    widths.clear()   # the extraction's step k stops inside a double block: count whole evaluations only
+    in_gelu = world.masked(masks)
+    flux = model.model.diffusion_model
+    per_evaluation = 2 * len(flux.double_blocks) + len(flux.single_blocks)
+    assert widths and len(widths) % per_evaluation == 0
+    assert set(widths) == {flux.double_blocks[0].img_mlp[0].out_features, flux.single_blocks[0].mlp_hidden_dim_first}
+    torch.testing.assert_close(in_gelu, in_layer, **TOL)
+    comfy.model_management.unload_all_models()
+    gelus = [m for m in flux.modules() if isinstance(m, torch.nn.GELU)]
+    assert len(gelus) == per_evaluation and not any("forward" in vars(m) for m in gelus)
+
+
+def test_a_held_term_that_no_gelu_takes_is_an_error(pack):
+    """If the GELU after an MLP-in layer never runs, or gets another tensor, the held LoRA term would be
+    lost: the evaluation fails instead of going on without it."""
+    injection = module(pack, "freefuse_comfy.injection")
+    y = torch.zeros(2, 3, 8)
+    held = injection._Held("single_blocks.0.linear1", y, (4, 8), torch.zeros(6, 2), torch.zeros(4, 2))
+    with pytest.raises(RuntimeError, match="never ran"):
+        with injection.CallScope(injection.CallMasks()) as _:
+            injection.ACTIVE.get().held[torch.nn.GELU()] = held
+    assert injection.ACTIVE.get() is None
+    torch.testing.assert_close(held.gelu_of(y[..., 4:]), torch.zeros(2, 3, 4))
+    with pytest.raises(RuntimeError, match="other than that layer's columns 4..8"):
+        held.gelu_of(y[..., 4:].clone())
 
 
 def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch):
