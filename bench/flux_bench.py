@@ -7,8 +7,9 @@ conditioning of the real shapes (512 T5 tokens x 4096, pooled 768), euler/simple
 
 Rows (after a warm-up of each): a no LoRA; b stock LoRA loader (merged); c FreeFuse continue;
 d FreeFuse restart (default); e ComfyUI core hooks (Create Hook LoRA + masked conditioning,
-the same LoRAs confined to the same masks). Prints a table and the headline ratios last, and
-writes JSON under --out.
+the same LoRAs confined to the same masks); on CUDA with Triton, c-gelu and d-gelu: c and d with
+each MLP-in LoRA term added inside the GELU after its layer (`freefuse_core.up_gelu`). Prints a
+table and the headline ratios last, and writes JSON under --out.
 
     python3 bench/flux_bench.py --comfyui PATH --out DIR [--part main|scaling]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import platform
@@ -305,6 +307,16 @@ class StageTimer:
                 delattr(module, name)
 
 
+@contextlib.contextmanager
+def gelu_fusion():
+    """Inside: each MLP-in layer's LoRA term is added by the GELU after it (`freefuse_core.up_gelu`)."""
+    glue.injection.FUSED_DEVICES = frozenset({"cuda"})
+    try:
+        yield
+    finally:
+        glue.injection.FUSED_DEVICES = frozenset()
+
+
 def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:
     """Host time of one non-blocking copy from pinned memory to the GPU (a block's LoRA terms are about
     13 MiB): microseconds where the copy is asynchronous, the transfer itself where the platform makes
@@ -362,19 +374,21 @@ def main_part(bench: Bench):
             mm.unload_all_models()
             injection_of(ours).cast.clear()
     in_layer_diff = None
-    if "c" in todo:  # the same run with each MLP-in LoRA term added in its layer, not in the GELU after it
-        in_gelu = bench.freefuse(setup, "continue")[0]["samples"]
-        fused_devices = glue.injection.FUSED_DEVICES
-        glue.injection.FUSED_DEVICES = frozenset()
-        try:
+    if core.fused.HAS_TRITON and DEVICE.type == "cuda":   # c and d with MLP-in terms added in the GELU
+        if "c" in todo:
             in_layer = bench.freefuse(setup, "continue")[0]["samples"]
+            with gelu_fusion():
+                in_gelu = bench.freefuse(setup, "continue")[0]["samples"]
             in_layer_diff = float((in_gelu.float() - in_layer.float()).abs().max())
             note(f"continue, MLP terms in the GELU vs in the layer: max |diff| of the latents {in_layer_diff} "
                  f"(latents' max |value| {float(in_layer.abs().max()):.3f})")
-            rows["c0 continue, MLP terms added in the layer"] = measure(lambda: bench.freefuse(setup, "continue"),
-                                                                        repeats, "c0")
-        finally:
-            glue.injection.FUSED_DEVICES = fused_devices
+            with gelu_fusion():
+                rows["c-gelu continue, MLP terms in the GELU (Triton)"] = measure(
+                    lambda: bench.freefuse(setup, "continue"), repeats, "c-gelu")
+        if "d" in todo:
+            with gelu_fusion():
+                rows["d-gelu restart, MLP terms in the GELU (Triton)"] = measure(
+                    lambda: bench.freefuse(setup, "restart"), repeats, "d-gelu")
     stage_times = {}
     for px in (256, 128):
         with StageTimer(bench.vae) as stages:
@@ -409,7 +423,8 @@ def main_part(bench: Bench):
 
 
 def subjects_part(bench: Bench):
-    """b, c, d with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each region is one more pass)."""
+    """b, c, d (and on CUDA c-gelu, d-gelu) with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each
+    region is one more pass)."""
     out = {}
     for subjects in (int(n) for n in ARGS.subjects.split(",")):
         names = bench.loras(ARGS.rank, subjects)
@@ -420,6 +435,10 @@ def subjects_part(bench: Bench):
             row["b"] = measure(lambda: bench.stock(merged, setup), 1, f"b {subjects}")
             row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
             row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
+            if core.fused.HAS_TRITON and DEVICE.type == "cuda":
+                with gelu_fusion():
+                    row["c-gelu"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c-gelu {subjects}")
+                    row["d-gelu"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d-gelu {subjects}")
         if "e" not in ARGS.rows:
             continue
         small = bench.setup(setup.model, subjects, 512, ARGS.steps)
@@ -524,6 +543,8 @@ def main():
         print(f"LoRA tensors: {result['lora_gib']}; all resident on the GPU: {result['lora_gib_on_gpu_resident']} "
               f"GiB; prefetched vs resident latents max |diff| {result['prefetched_vs_resident_max_abs_diff']}")
         print(f"kernel {result['kernel']}; host time of a 13 MiB pinned copy: {result['host_side_copy_ms_13mib']} ms")
+        print(f"MLP terms in the GELU vs in the layer: latents max |diff| "
+              f"{result['mlp_terms_in_gelu_vs_in_layer_max_abs_diff']}")
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
         rows = result["rows"]

@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..freefuse_core import MaskedLowRank, Prefetcher, up_gelu
-from ..freefuse_core.fused import HAS_TRITON
 from .host import PatcherInjection, comfy_utils
 from .loras import FreeFuseLora
 
 INJECTION_KEY = "freefuse"
 ATTACHMENT_KEY = "freefuse_loras"
 STAGED_DEVICES = frozenset({"cuda"})   # device types whose LoRA terms are prefetched, not resident
-FUSED_DEVICES = frozenset({"cuda"} if HAS_TRITON else ())   # device types where MLP-in terms join the GELU
+# Device types where MLP-in LoRA terms join the GELU after the layer (`up_gelu`). Empty until the
+# Triton path has been timed on a GPU: `bench/flux_bench.py` turns it on for its row c-gelu.
+FUSED_DEVICES: frozenset[str] = frozenset()
 POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
 
 

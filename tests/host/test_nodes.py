@@ -355,8 +355,8 @@ def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_on_the_de
 
 
 def test_mlp_in_terms_join_their_gelu_with_the_same_samples(world, two_loras, monkeypatch):
-    """The CUDA path that adds each MLP-in layer's LoRA term inside the GELU after it (`up_gelu`, one
-    pass over the layer's output) forced onto the CPU: every double-block MLP and, where a LoRA has a
+    """The path that adds each MLP-in layer's LoRA term inside the GELU after it (`up_gelu`, one pass
+    over the layer's output; off until timed on a GPU) forced on: every double-block MLP and, where a LoRA has a
     term on exactly the MLP columns of `linear1` (diffusers `proj_mlp`), every single block hand their
     term over; the samples equal adding it in the layer, and the GELUs get their own forward back."""
     injection = module(world.pack, "freefuse_comfy.injection")

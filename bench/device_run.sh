@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU runs for issue 5, each a part: `layers` (the GELU fusion per layer, layer_bench.py --gelu), `main`
+# (rows b, c, d, their -gelu twins, c'; the extraction timed 3 times), `subjects` (4 subjects: b, c, d,
+# c-gelu, d-gelu). Results go to OUT_DIR; copy them to docs/bench/, then run `python3 bench/report.py`.
+#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects]
+# (all three when none is named; before the -gelu rows, `main` alone took 210 to 260 s on an H200)
+set -uo pipefail
+out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects]}
+shift
+parts=${*:-layers main subjects}
+mkdir -p "$out"
+log() { grep -v "it/s" > "$out/$1"; }
+for part in $parts; do
+  case $part in
+    layers) python3 bench/layer_bench.py --gelu > "$out/gelu_layers.txt" 2>&1; cat "$out/gelu_layers.txt" ;;
+    main) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --rows bcd --extraction-repeats 3 \
+            > "$out/main_stdout.txt" 2> >(log main_log.txt)
+          tail -16 "$out/main_stdout.txt" ;;
+    subjects) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part subjects --subjects 4 \
+                --rows bcd --repeats 1 > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
+              [ -f "$out/subjects.json" ] && mv "$out/subjects.json" "$out/subjects4.json"
+              cat "$out/subjects_stdout.txt" ;;
+    *) echo "unknown part '$part': use layers, main or subjects" >&2; exit 2 ;;
+  esac
+done
