@@ -29,6 +29,7 @@ from ..freefuse_core import (
     find_subject_tokens,
     owner_to_pixel_masks,
     owner_to_token_masks,
+    quick_gil_handoff,
     resize_owner,
     slic_segments,
     subject_maps,
@@ -188,7 +189,7 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
                           force_full_denoise=False)
     image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
     size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool, quick_gil_handoff():
         segments = pool.submit(_superpixels, image, sigma, size)   # on the CPU while the GPU runs step k
         maps = _capture_maps(setup, samples, step, block, loras_before, token_sets)
         segments = segments.result()

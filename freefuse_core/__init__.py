@@ -8,6 +8,7 @@ from .superpixels import (
                           masks_from_attention,
                           owner_to_pixel_masks,
                           owner_to_token_masks,
+                          quick_gil_handoff,
                           resize_owner,
                           slic_segments,
                           upsample_maps,
@@ -17,6 +18,7 @@ from .tokens import TokenPiece, find_subject_tokens
 
 __all__ = [
     "DenseTerm", "LowRankTerm", "MaskResult", "MaskedLowRank", "Prefetcher", "TokenPiece", "cross_rows",
-    "find_subject_tokens", "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks", "resize_owner",
-    "salient_tokens", "slic_segments", "subject_maps", "suppress_sinks", "up_gelu", "upsample_maps", "vote_owner",
+    "find_subject_tokens", "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks",
+    "quick_gil_handoff", "resize_owner", "salient_tokens", "slic_segments", "subject_maps", "suppress_sinks",
+    "up_gelu", "upsample_maps", "vote_owner",
 ]

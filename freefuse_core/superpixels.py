@@ -9,7 +9,9 @@ so every pixel and every token belongs to exactly one subject.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 from skimage.segmentation import slic
 
 from .attention import subject_maps
+
+SLIC_SWITCH_INTERVAL = 5e-5   # seconds: Python's thread switch interval while SLIC runs beside step k
 
 
 def slic_segments(image: np.ndarray, sigma: float = 1.0, compactness: float = 10.0,
@@ -32,6 +36,23 @@ def slic_segments(image: np.ndarray, sigma: float = 1.0, compactness: float = 10
     height, width = full_size or image.shape[:2]
     return slic(image, n_segments=round(math.sqrt(height * width)), compactness=compactness, sigma=sigma,
                 start_label=0, channel_axis=-1)
+
+
+@contextlib.contextmanager
+def quick_gil_handoff(interval: float = SLIC_SWITCH_INTERVAL):
+    """Python's thread switch interval shortened to `interval` seconds inside, then restored.
+
+    For SLIC in a worker thread beside the main thread's step `k`: skimage's SLIC takes the GIL back
+    many times, and the main thread, launching kernels, keeps it until the switch interval (5 ms by
+    default) runs out, so each of those waits costs SLIC up to one interval
+    (`python3 bench/slic_bench.py --beside-python` measures it).
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _check(height: int, width: int, grid: tuple[int, int], patch: int):

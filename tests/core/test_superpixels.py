@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freefuse_core import owner_to_pixel_masks, owner_to_token_masks, slic_segments, vote_owner
+from freefuse_core import owner_to_pixel_masks, owner_to_token_masks, quick_gil_handoff, slic_segments, vote_owner
+from freefuse_core.superpixels import SLIC_SWITCH_INTERVAL
 
 
 @pytest.mark.parametrize("grid, size, subjects", [((3, 5), (40, 70), 3), ((5, 7), (75, 100), 2), ((4, 4), (64, 64), 5)])
@@ -77,3 +80,19 @@ def test_slic_is_called_as_eq_11(monkeypatch):
     assert labels.shape == (64, 96) and labels.min() == 0 and labels.max() + 1 >= 39
     reduced = slic_segments(np.stack([yy, xx, yy * xx], -1)[::2, ::2], sigma=0.5, full_size=(64, 96))
     assert seen["n_segments"] == 78 and reduced.shape == (32, 48)  # the full image's count on a reduced copy
+
+
+def test_gil_handoff_shortens_the_switch_interval_inside_and_restores_it_after_an_error():
+    original = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        with pytest.raises(KeyError):
+            with quick_gil_handoff():
+                assert sys.getswitchinterval() == pytest.approx(SLIC_SWITCH_INTERVAL)
+                raise KeyError("step k failed")
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        sys.setswitchinterval(1e-5)   # already shorter: left as it is
+        with quick_gil_handoff():
+            assert sys.getswitchinterval() == pytest.approx(1e-5)
+    finally:
+        sys.setswitchinterval(original)

@@ -1,4 +1,5 @@
 """The nodes in the real ComfyUI host (CPU, tiny Flux-architecture models built by ComfyUI)."""
+import sys
 import threading
 from dataclasses import replace
 
@@ -201,6 +202,7 @@ def test_superpixels_run_in_a_worker_thread_beside_step_k(world, two_loras, monk
 
     def slic(*args, **kwargs):
         seen["slic thread"] = threading.current_thread().name
+        seen["switch interval"] = sys.getswitchinterval()
         started.set()
         return real_slic(*args, **kwargs)
 
@@ -211,9 +213,13 @@ def test_superpixels_run_in_a_worker_thread_beside_step_k(world, two_loras, monk
     monkeypatch.setattr(sampling, "slic_segments", slic)
     monkeypatch.setattr(sampling, "_capture_maps", capture)
     a, b = two_loras
+    before = sys.getswitchinterval()
     masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
     assert seen["slic began before step k ended"]
     assert seen["slic thread"].startswith("freefuse-slic")
+    shortened = min(before, module(pack, "freefuse_core.superpixels").SLIC_SWITCH_INTERVAL)
+    assert seen["switch interval"] == pytest.approx(shortened)
+    assert sys.getswitchinterval() == before
     assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
 
 
