@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU runs for issue 5, each a part: `layers` (the GELU fusion per layer, layer_bench.py --gelu), `main`
-# (rows b, c, d, their -gelu twins, c'; the extraction timed 3 times), `subjects` (4 subjects: b, c, d,
-# c-gelu, d-gelu). Results go to OUT_DIR; copy them to docs/bench/, then run `python3 bench/report.py`.
+# GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
+# layer: layer_bench.py --fused), `main` (rows b, c, d, their -fused twins, c'; the extraction timed 3
+# times), `subjects` (4 subjects: b, c, d, c-fused, d-fused). Results go to OUT_DIR; copy them to
+# docs/bench/, then run `python3 bench/report.py`.
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects]
-# (all three when none is named; before the -gelu rows, `main` alone took 210 to 260 s on an H200)
+# (all three when none is named; before the -fused rows, `main` alone took 210 to 260 s on an H200)
 set -uo pipefail
 out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects]}
 shift
@@ -12,7 +13,7 @@ mkdir -p "$out"
 log() { grep -v "it/s" > "$out/$1"; }
 for part in $parts; do
   case $part in
-    layers) python3 bench/layer_bench.py --gelu > "$out/gelu_layers.txt" 2>&1; cat "$out/gelu_layers.txt" ;;
+    layers) python3 bench/layer_bench.py --fused > "$out/fused_layers.txt" 2>&1; cat "$out/fused_layers.txt" ;;
     main) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --rows bcd --extraction-repeats 3 \
             > "$out/main_stdout.txt" 2> >(log main_log.txt)
           tail -16 "$out/main_stdout.txt" ;;

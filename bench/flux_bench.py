@@ -7,9 +7,10 @@ conditioning of the real shapes (512 T5 tokens x 4096, pooled 768), euler/simple
 
 Rows (after a warm-up of each): a no LoRA; b stock LoRA loader (merged); c FreeFuse continue;
 d FreeFuse restart (default); e ComfyUI core hooks (Create Hook LoRA + masked conditioning,
-the same LoRAs confined to the same masks); on CUDA with Triton, c-gelu and d-gelu: c and d with
-each MLP-in LoRA term added inside the GELU after its layer (`freefuse_core.up_gelu`). Prints a
-table and the headline ratios last, and writes JSON under --out.
+the same LoRAs confined to the same masks); on CUDA with Triton, c-fused and d-fused: c and d with
+the LoRA terms of the MLP-in and q, k columns added inside the GELU or q/k norm after their layer
+(`freefuse_core.up_gelu`, `up_rms_norm`). Prints a table and the headline ratios last, and writes
+JSON under --out.
 
     python3 bench/flux_bench.py --comfyui PATH --out DIR [--part main|scaling]
 """
@@ -308,8 +309,9 @@ class StageTimer:
 
 
 @contextlib.contextmanager
-def gelu_fusion():
-    """Inside: each MLP-in layer's LoRA term is added by the GELU after it (`freefuse_core.up_gelu`)."""
+def fused_consumers():
+    """Inside: the LoRA terms of MLP-in and q, k columns are added by the GELU or q/k norm after their
+    layer (`freefuse_core.up_gelu`, `up_rms_norm`)."""
     glue.injection.FUSED_DEVICES = frozenset({"cuda"})
     try:
         yield
@@ -374,21 +376,21 @@ def main_part(bench: Bench):
             mm.unload_all_models()
             injection_of(ours).cast.clear()
     in_layer_diff = None
-    if core.fused.HAS_TRITON and DEVICE.type == "cuda":   # c and d with MLP-in terms added in the GELU
+    if core.fused.HAS_TRITON and DEVICE.type == "cuda":   # c and d with terms added in the op after the layer
         if "c" in todo:
             in_layer = bench.freefuse(setup, "continue")[0]["samples"]
-            with gelu_fusion():
-                in_gelu = bench.freefuse(setup, "continue")[0]["samples"]
-            in_layer_diff = float((in_gelu.float() - in_layer.float()).abs().max())
-            note(f"continue, MLP terms in the GELU vs in the layer: max |diff| of the latents {in_layer_diff} "
-                 f"(latents' max |value| {float(in_layer.abs().max()):.3f})")
-            with gelu_fusion():
-                rows["c-gelu continue, MLP terms in the GELU (Triton)"] = measure(
-                    lambda: bench.freefuse(setup, "continue"), repeats, "c-gelu")
+            with fused_consumers():
+                in_op = bench.freefuse(setup, "continue")[0]["samples"]
+            in_layer_diff = float((in_op.float() - in_layer.float()).abs().max())
+            note(f"continue, terms in the GELU and q/k norm vs in the layer: max |diff| of the latents "
+                 f"{in_layer_diff} (latents' max |value| {float(in_layer.abs().max()):.3f})")
+            with fused_consumers():
+                rows["c-fused continue, terms in the GELU and q/k norm (Triton)"] = measure(
+                    lambda: bench.freefuse(setup, "continue"), repeats, "c-fused")
         if "d" in todo:
-            with gelu_fusion():
-                rows["d-gelu restart, MLP terms in the GELU (Triton)"] = measure(
-                    lambda: bench.freefuse(setup, "restart"), repeats, "d-gelu")
+            with fused_consumers():
+                rows["d-fused restart, terms in the GELU and q/k norm (Triton)"] = measure(
+                    lambda: bench.freefuse(setup, "restart"), repeats, "d-fused")
     stage_times = {}
     for px in (256, 128):
         with StageTimer(bench.vae) as stages:
@@ -417,13 +419,13 @@ def main_part(bench: Bench):
         "lora_gib": lora_gib(ours),
         "lora_gib_on_gpu_resident": resident_gib,
         "prefetched_vs_resident_max_abs_diff": parity,
-        "mlp_terms_in_gelu_vs_in_layer_max_abs_diff": in_layer_diff,
+        "terms_in_consumer_vs_in_layer_max_abs_diff": in_layer_diff,
         "extraction_over_first_k_steps_seconds": added,
     }
 
 
 def subjects_part(bench: Bench):
-    """b, c, d (and on CUDA c-gelu, d-gelu) with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each
+    """b, c, d (and on CUDA c-fused, d-fused) with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each
     region is one more pass)."""
     out = {}
     for subjects in (int(n) for n in ARGS.subjects.split(",")):
@@ -436,9 +438,9 @@ def subjects_part(bench: Bench):
             row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
             row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
             if core.fused.HAS_TRITON and DEVICE.type == "cuda":
-                with gelu_fusion():
-                    row["c-gelu"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c-gelu {subjects}")
-                    row["d-gelu"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d-gelu {subjects}")
+                with fused_consumers():
+                    row["c-fused"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c-fused {subjects}")
+                    row["d-fused"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d-fused {subjects}")
         if "e" not in ARGS.rows:
             continue
         small = bench.setup(setup.model, subjects, 512, ARGS.steps)
@@ -543,8 +545,8 @@ def main():
         print(f"LoRA tensors: {result['lora_gib']}; all resident on the GPU: {result['lora_gib_on_gpu_resident']} "
               f"GiB; prefetched vs resident latents max |diff| {result['prefetched_vs_resident_max_abs_diff']}")
         print(f"kernel {result['kernel']}; host time of a 13 MiB pinned copy: {result['host_side_copy_ms_13mib']} ms")
-        print(f"MLP terms in the GELU vs in the layer: latents max |diff| "
-              f"{result['mlp_terms_in_gelu_vs_in_layer_max_abs_diff']}")
+        print(f"terms in the GELU and q/k norm vs in the layer: latents max |diff| "
+              f"{result['terms_in_consumer_vs_in_layer_max_abs_diff']}")
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
         rows = result["rows"]

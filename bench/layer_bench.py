@@ -2,7 +2,7 @@
 
     python3 bench/layer_bench.py            # on a CUDA machine; prints one row per layer kind and a step total
     python3 bench/layer_bench.py --up       # the ways to add the up projection (docs/bench/up_variants.txt)
-    python3 bench/layer_bench.py --gelu     # MLP-in layers: the term added in the layer or in the GELU after it
+    python3 bench/layer_bench.py --fused    # terms added in the GELU or q/k norm after the layer instead
 
 For each linear layer kind of a Flux step: the base GEMM (`F.linear`, bf16) and the LoRA term of two
 rank-`r` LoRAs with binary masks through the torch path (mm, mask, addmm_ per slice) and the Triton
@@ -20,7 +20,7 @@ import triton.testing
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import triton_lowrank as kernels  # noqa: E402
 
-from freefuse_core.fused import up_gelu  # noqa: E402
+from freefuse_core.fused import up_gelu, up_rms_norm  # noqa: E402
 from freefuse_core.lowrank import LowRankTerm, MaskedLowRank  # noqa: E402
 
 H, MLP = 3072, 12288
@@ -88,7 +88,7 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="also try kernel block shapes on two layers")
     parser.add_argument("--parts", action="store_true", help="instead, time each piece of the LoRA term alone")
     parser.add_argument("--up", action="store_true", help="instead, compare ways to add the up projection")
-    parser.add_argument("--gelu", action="store_true", help="instead, MLP-in layers with the term in their GELU")
+    parser.add_argument("--fused", action="store_true", help="instead, terms added in the GELU or q/k norm after")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -98,8 +98,8 @@ def main():
     if args.up:
         up_variants(args, device)
         return
-    if args.gelu:
-        gelu_variants(args, device)
+    if args.fused:
+        fused_variants(args, device)
         return
     totals = {}
     names = None
@@ -204,36 +204,56 @@ def up_variants(args, device):
         f"{n} +{100 * (t / totals['base'] - 1):.1f} %" for n, t in totals.items() if n != "base"))
 
 
-def gelu_variants(args, device):
-    """An MLP-in layer and the GELU after it, % over the base layer + GELU: the term added in the layer
-    (`add_to`, then the GELU) or held and added inside the GELU (`add_to_holding`, then `up_gelu`)."""
-    gelu = torch.nn.GELU(approximate="tanh")
+def fused_variants(args, device):
+    """A layer and the op after it, % over the base layer + that op: the term added in the layer
+    (`add_to`, then the op) or held and added inside the op (`add_to_holding`, then `up_gelu` for the
+    MLP columns and `up_rms_norm` for q and k; v is added in the layer either way). The error of each,
+    over the size of the term's effect, is against the same layer and op in float32."""
+    eps = torch.finfo(torch.bfloat16).eps   # torch.nn.RMSNorm(eps=None) on bfloat16, as in Flux
+    weight = torch.rand(128, device=device) + 0.5
     linear = torch.nn.functional.linear
     totals = {}
-    for name in ("img mlp.0", "txt mlp.0", "single linear1"):
+    cases = {"img mlp.0": "gelu", "txt mlp.0": "gelu", "img qkv": "q/k norm", "txt qkv": "q/k norm",
+             "single linear1": "q/k norm + gelu"}
+    for name, op in cases.items():
         tokens, d_in, d_out, n_parts, count = KINDS[name]
         _, path, x, w, b, mask = layer(tokens, d_in, d_out, n_parts, args.rank, args.loras, device)
         start = 3 * H if name == "single linear1" else 0
+        norms, gelus = ([(0, H), (H, 2 * H)] if "norm" in op else []), ([(start, d_out)] if "gelu" in op else [])
 
-        def in_gelu():
-            y, (h, up) = path.add_to_holding(linear(x, w, b), x, mask, None, (start, d_out))
-            return up_gelu(y[..., start:], h, up)
+        def heads(y, columns):
+            return y[..., columns[0]:columns[1]].unflatten(-1, (-1, 128)).transpose(1, 2)
 
-        runs = {"base + GELU": lambda: gelu(linear(x, w, b)[..., start:]),
-                "term in the layer": lambda: gelu(path.add_to(linear(x, w, b), x, mask)[..., start:]),
-                "term in the GELU": in_gelu}
-        want, plain = runs["term in the layer"]().float(), runs["base + GELU"]().float()
-        err = float((runs["term in the GELU"]().float() - want).norm() / (want - plain).norm())
+        def after(y):
+            normed = [torch.nn.functional.rms_norm(heads(y, c), (128,), weight.to(y.dtype), eps) for c in norms]
+            return normed + [torch.nn.functional.gelu(y[..., c[0]:c[1]], approximate="tanh") for c in gelus]
+
+        def in_op():
+            y, held = path.add_to_holding(linear(x, w, b), x, mask, None, norms + gelus)
+            normed = [up_rms_norm(heads(y, c), *t, weight.to(y.dtype), eps) for c, t in zip(norms, held)]
+            return normed + [up_gelu(y[..., c[0]:c[1]], *t) for c, t in zip(gelus, held[len(norms):])]
+
+        runs = {"base + op": lambda: after(linear(x, w, b)),
+                "term in the layer": lambda: after(path.add_to(linear(x, w, b), x, mask)),
+                "term in the op": in_op}
+
+        def flat(outs):
+            return torch.cat([t.float().flatten() for t in outs])
+
+        x32, w32, b32 = x.float(), w.float(), b.float()
+        want = flat(after(path.to(device, torch.float32).add_to(linear(x32, w32, b32), x32, mask.float())))
+        effect = (want - flat(after(linear(x32, w32, b32)))).norm()
+        err = {n: float((flat(runs[n]()) - want).norm() / effect) for n in ("term in the layer", "term in the op")}
         times = {n: triton.testing.do_bench(fn, return_mode="median") for n, fn in runs.items()}
         for n, t in times.items():
             totals[n] = totals.get(n, 0.0) + count * t
-        base = times["base + GELU"]
-        print(f"gelu {name:15s} base + GELU {1000 * base:7.1f} us | " + " | ".join(
-            f"{n} {100 * (t / base - 1):+6.1f} %" for n, t in times.items() if n != "base + GELU")
-              + f" | rel. err. of the GELU path {err:.1e}")
-    base = totals["base + GELU"]
-    print("gelu per step (these layers only): base + GELU %.1f ms; " % base + ", ".join(
-        f"{n} +{100 * (t / base - 1):.1f} %" for n, t in totals.items() if n != "base + GELU"))
+        base = times["base + op"]
+        print(f"fused {name:15s} {op:15s} base + op {1000 * base:7.1f} us | " + " | ".join(
+            f"{n} {100 * (t / base - 1):+6.1f} %" for n, t in times.items() if n != "base + op")
+              + " | error over the term's effect: " + ", ".join(f"{n} {e:.1e}" for n, e in err.items()))
+    base = totals["base + op"]
+    print("fused per step (these layers and ops only): base + op %.1f ms; " % base + ", ".join(
+        f"{n} +{100 * (t / base - 1):.1f} %" for n, t in totals.items() if n != "base + op"))
 
 
 def sweep(args, device):

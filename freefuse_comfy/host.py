@@ -3,11 +3,13 @@
 Every other module of `freefuse_comfy/` and `nodes/` takes ComfyUI's pieces from here, so a
 ComfyUI API change touches one file and `freefuse_core/` stays free of the host.
 """
+import comfy.ldm.flux.layers as flux_layers
 import comfy.ldm.flux.model as flux_model
 import comfy.lora as comfy_lora
 import comfy.lora_convert as lora_convert
 import comfy.model_management as comfy_model_management
 import comfy.model_patcher as model_patcher
+import comfy.ops as comfy_ops
 import comfy.sample as comfy_sample
 import comfy.samplers as comfy_samplers
 import comfy.sd as comfy_sd
@@ -23,8 +25,9 @@ from comfy.patcher_extension import PatcherInjection, WrappersMP
 from comfy_api.latest import ComfyExtension, io, ui
 
 __all__ = [
-    "ComfyExtension", "PatcherInjection", "WrappersMP", "comfy_lora", "comfy_model_management", "comfy_sample",
-    "comfy_samplers", "comfy_sd", "comfy_utils", "flux_model", "folder_paths", "io", "latent_preview",
+    "ComfyExtension", "PatcherInjection", "WrappersMP", "comfy_lora", "comfy_model_management", "comfy_ops",
+    "comfy_sample", "comfy_samplers", "comfy_sd", "comfy_utils", "flux_layers", "flux_model", "folder_paths", "io",
+    "latent_preview",
     "lora_convert", "model_patcher", "sd1_clip", "supported_models", "supported_models_base",
     "taesd", "ui", "weight_adapter",
 ]

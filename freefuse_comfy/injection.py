@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..freefuse_core import MaskedLowRank, Prefetcher, up_gelu
-from .host import PatcherInjection, comfy_utils
+from ..freefuse_core import MaskedLowRank, Prefetcher, up_gelu, up_rms_norm
+from .host import PatcherInjection, comfy_ops, comfy_utils, flux_layers
 from .loras import FreeFuseLora
 
 INJECTION_KEY = "freefuse"
 ATTACHMENT_KEY = "freefuse_loras"
 STAGED_DEVICES = frozenset({"cuda"})   # device types whose LoRA terms are prefetched, not resident
-# Device types where MLP-in LoRA terms join the GELU after the layer (`up_gelu`). Empty until the
-# Triton path has been timed on a GPU: `bench/flux_bench.py` turns it on for its row c-gelu.
+# Device types where the LoRA terms of MLP-in and q/k columns join the GELU or norm after the layer
+# (`_Hold`). Empty until the Triton path has been timed on a GPU: `bench/flux_bench.py` turns it on
+# for its rows c-fused and d-fused.
 FUSED_DEVICES: frozenset[str] = frozenset()
 POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
 
@@ -63,7 +64,7 @@ class CallMasks:
     pooled: torch.Tensor | None = None
     loras_on: bool = True
     memos: dict = field(default_factory=dict, compare=False, repr=False)   # per stream: MaskedLowRank's memo
-    held: dict = field(default_factory=dict, compare=False, repr=False)    # per GELU module: its held term
+    held: dict = field(default_factory=dict, compare=False, repr=False)    # per consumer module: its `_Held`
 
 
 ACTIVE: ContextVar[CallMasks | None] = ContextVar("freefuse_call_masks", default=None)
@@ -81,8 +82,8 @@ class CallScope:
     def __exit__(self, kind, *exc):
         ACTIVE.reset(self.token)
         if kind is None and self.masks.held:
-            paths = sorted(held.path for held in self.masks.held.values())
-            raise RuntimeError(f"FreeFuse: the LoRA terms of {paths} were held for their GELU, which never ran. "
+            paths = sorted(f"{held.hold.path} ({held.hold.kind})" for held in self.masks.held.values())
+            raise RuntimeError(f"FreeFuse: the LoRA terms of {paths} were held for the op after them, which never ran. "
                                "This ComfyUI's Flux blocks differ from the ones FreeFuse knows; please report it.")
 
 
@@ -133,18 +134,18 @@ class LoraInjection:
     def _targets(self, root) -> list:
         """Per replaced module of `root`: the module, `over` (its new forward over a given base forward) and
         that forward over the class's own, built once per model: ComfyUI ejects and re-injects several
-        times a run. The GELU after an MLP-in layer is replaced too: it adds that layer's held term."""
+        times a run. The GELU after an MLP-in layer and the q/k norm after a qkv layer are replaced too:
+        they add that layer's held terms (`_Hold`)."""
         if root not in self.targets:
             built = []
             for path, (stream, lowrank) in self.layers.items():
                 module = comfy_utils.get_attr(root, path)
-                gelu = _gelu_after(root, path) if stream != "pooled" else None
-                hold = None if gelu is None else _Hold(path, *gelu)
-                over = functools.partial(_masked_forward, stream=stream, cast=self._caster(path, lowrank), hold=hold)
+                holds = () if stream == "pooled" else _holds_after(root, path)
+                over = functools.partial(_masked_forward, stream=stream, cast=self._caster(path, lowrank), holds=holds)
                 built.append((module, over, over(_own_forward(module))))
-                if hold is not None:
-                    over = functools.partial(_gelu_forward, hold=hold)
-                    built.append((hold.gelu, over, over(_own_forward(hold.gelu))))
+                for hold in holds:
+                    over = functools.partial(CONSUMER_FORWARDS[hold.kind], hold=hold)
+                    built.append((hold.consumer, over, over(_own_forward(hold.consumer))))
             self.targets[root] = built
         return self.targets[root]
 
@@ -167,50 +168,65 @@ def _own_forward(module):
 
 @dataclass(frozen=True)
 class _Hold:
-    """An MLP-in layer whose MLP columns `[start, stop)` feed only `gelu`: on FUSED_DEVICES the layer
-    leaves their LoRA term out and the GELU computes `gelu(y + h up^T)` in one pass (`up_gelu`)."""
+    """Output columns of layer `path` that only `consumer` reads: a tanh GELU (`kind` "gelu", the MLP
+    columns) or Flux's q/k norm ("qk_norm", the q and the k columns). On FUSED_DEVICES the layer leaves
+    their LoRA terms out and the consumer adds them in its own pass over `y` (`up_gelu`, `up_rms_norm`)."""
 
     path: str
-    gelu: torch.nn.Module
-    columns: tuple[int, int]
+    kind: str
+    consumer: torch.nn.Module
+    columns: tuple[tuple[int, int], ...]
+    heads: int = 0
 
 
 @dataclass(frozen=True)
 class _Held:
-    path: str
-    y: torch.Tensor          # the layer's whole output; the GELU must get exactly its MLP columns
-    columns: tuple[int, int]
-    h: torch.Tensor
-    up: torch.Tensor
+    """One call's held terms: the layer's whole output `y` and, per column range of `hold`, `(h, up)` or
+    None (no LoRA slice covers exactly those columns: their terms are already in `y`)."""
 
-    def gelu_of(self, inp: torch.Tensor) -> torch.Tensor:
-        start, stop = self.columns
-        if (inp.data_ptr() != self.y.data_ptr() + start * self.y.element_size()
-                or inp.shape != self.y.shape[:-1] + (stop - start,)):
-            raise RuntimeError(f"FreeFuse: the GELU after '{self.path}' got a tensor other than that layer's "
-                               f"columns {start}..{stop}. This ComfyUI's Flux blocks differ from the ones "
+    hold: _Hold
+    y: torch.Tensor
+    terms: tuple
+
+    def checked(self, part: torch.Tensor, index: int) -> torch.Tensor:
+        """`part`, after checking it is the view of `y`'s columns `index` that the consumer should get."""
+        start, stop = self.hold.columns[index]
+        expected = self.y[..., start:stop]
+        if self.hold.kind == "qk_norm":
+            expected = expected.unflatten(-1, (self.hold.heads, -1)).transpose(1, 2)
+        if part.data_ptr() != expected.data_ptr() or part.shape != expected.shape or part.stride() != expected.stride():
+            raise RuntimeError(f"FreeFuse: the {self.hold.kind} after '{self.hold.path}' got a tensor other than that "
+                               f"layer's columns {start}..{stop}. This ComfyUI's Flux blocks differ from the ones "
                                "FreeFuse knows; please report it.")
-        return up_gelu(inp, self.h, self.up)
+        return part
 
 
-def _gelu_after(root, path: str):
-    """`(gelu, (start, stop))` where the output columns `[start, stop)` of layer `path` feed a tanh GELU
-    and nothing else (Flux's `*_mlp.0` and single-block `linear1`), else None."""
+def _holds_after(root, path: str) -> tuple[_Hold, ...]:
+    """What reads layer `path`'s output in Flux's blocks: the tanh GELU after `*_mlp.0` and after the MLP
+    columns of `linear1`, the q/k norm after the q and k columns of `*_attn.qkv` and `linear1`."""
     parent_path, _, name = path.rpartition(".")
     parent = comfy_utils.get_attr(root, parent_path) if parent_path else root
-    if name == "0" and isinstance(parent, torch.nn.Sequential) and len(parent) == 3:
-        gelu, columns = parent[1], (0, parent[0].out_features)
-    elif name == "linear1" and hasattr(parent, "mlp_hidden_dim_first") and not getattr(parent, "yak_mlp", True):
+    holds = []
+    if name == "0" and isinstance(parent, torch.nn.Sequential) and len(parent) == 3 and _tanh_gelu(parent[1]):
+        holds.append(_Hold(path, "gelu", parent[1], ((0, parent[0].out_features),)))
+    if name == "linear1" and hasattr(parent, "mlp_hidden_dim_first") and not getattr(parent, "yak_mlp", True) \
+            and _tanh_gelu(parent.mlp_act):
         start = 3 * parent.hidden_size
-        gelu, columns = parent.mlp_act, (start, start + parent.mlp_hidden_dim_first)
-    else:
-        return None
-    if type(gelu) is not torch.nn.GELU or gelu.approximate != "tanh":
-        return None
-    return gelu, columns
+        holds.append(_Hold(path, "gelu", parent.mlp_act, ((start, start + parent.mlp_hidden_dim_first),)))
+    if name in ("qkv", "linear1") and type(getattr(parent, "norm", None)) is flux_layers.QKNorm:
+        hidden = parent.qkv.out_features // 3 if name == "qkv" else parent.hidden_size
+        dim = hidden // parent.num_heads
+        if all(isinstance(n, torch.nn.RMSNorm) and tuple(n.normalized_shape) == (dim,)
+               for n in (parent.norm.query_norm, parent.norm.key_norm)):
+            holds.append(_Hold(path, "qk_norm", parent.norm, ((0, hidden), (hidden, 2 * hidden)), parent.num_heads))
+    return tuple(holds)
 
 
-def _masked_forward(base_forward, stream: str, cast, hold: _Hold | None):
+def _tanh_gelu(module) -> bool:
+    return type(module) is torch.nn.GELU and module.approximate == "tanh"
+
+
+def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
     def forward(x, *args, **kwargs):
         y = base_forward(x, *args, **kwargs)
         call = ACTIVE.get()
@@ -221,14 +237,16 @@ def _masked_forward(base_forward, stream: str, cast, hold: _Hold | None):
         fast = cast(y.device, y.dtype)
         if stream == "pooled" and mask is not None:
             return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask, memo).squeeze(1)
-        if hold is None or call is None or y.device.type not in FUSED_DEVICES:
+        if not holds or call is None or y.device.type not in FUSED_DEVICES:
             return fast.add_to(y, x.to(y.dtype), mask, memo)
-        y, held = fast.add_to_holding(y, x.to(y.dtype), mask, memo, hold.columns)
-        if held is not None:
-            if hold.gelu in call.held:
-                raise RuntimeError(f"FreeFuse: '{hold.path}' ran twice before its GELU. This ComfyUI's Flux "
-                                   "blocks differ from the ones FreeFuse knows; please report it.")
-            call.held[hold.gelu] = _Held(hold.path, y, hold.columns, *held)
+        y, terms = fast.add_to_holding(y, x.to(y.dtype), mask, memo, [c for hold in holds for c in hold.columns])
+        for hold in holds:
+            mine, terms = terms[:len(hold.columns)], terms[len(hold.columns):]
+            if any(term is not None for term in mine):
+                if hold.consumer in call.held:
+                    raise RuntimeError(f"FreeFuse: '{hold.path}' ran twice before its {hold.kind}. This ComfyUI's "
+                                       "Flux blocks differ from the ones FreeFuse knows; please report it.")
+                call.held[hold.consumer] = _Held(hold, y, mine)
         return y
 
     return forward
@@ -237,10 +255,34 @@ def _masked_forward(base_forward, stream: str, cast, hold: _Hold | None):
 def _gelu_forward(own_forward, hold: _Hold):
     def forward(inp):
         call = ACTIVE.get()
-        held = None if call is None else call.held.pop(hold.gelu, None)
-        return own_forward(inp) if held is None else held.gelu_of(inp)
+        held = None if call is None else call.held.pop(hold.consumer, None)
+        return own_forward(inp) if held is None else up_gelu(held.checked(inp, 0), *held.terms[0])
 
     return forward
+
+
+def _qk_norm_forward(own_forward, hold: _Hold):
+    """Flux's `QKNorm.forward(q, k, v)`: each of q, k normed by its RMSNorm, cast to v's dtype."""
+    def forward(q, k, v):
+        call = ACTIVE.get()
+        held = None if call is None else call.held.pop(hold.consumer, None)
+        if held is None:
+            return own_forward(q, k, v)
+        norms = (hold.consumer.query_norm, hold.consumer.key_norm)
+        out = [_normed(held, i, part, norm) for i, (part, norm) in enumerate(zip((q, k), norms))]
+        return out[0].to(v), out[1].to(v)
+
+    return forward
+
+
+def _normed(held: _Held, index: int, part: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    if held.terms[index] is None:
+        return norm(part)
+    with comfy_ops.CastBiasWeightContext(norm, part, offloadable=True) as (weight, _):
+        return up_rms_norm(held.checked(part, index), *held.terms[index], weight, norm.eps)
+
+
+CONSUMER_FORWARDS = {"gelu": _gelu_forward, "qk_norm": _qk_norm_forward}
 
 
 def attach_lora(model, lora: FreeFuseLora):

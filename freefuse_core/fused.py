@@ -1,13 +1,15 @@
-"""A LoRA up projection fused into the GELU that reads the layer's output.
+"""A LoRA up projection fused into the op that reads the layer's output next.
 
-Flux's MLP-in layers (double-block `img_mlp.0` / `txt_mlp.0`, the MLP columns of single-block
-`linear1`) feed a tanh GELU and nothing else. For those columns
+In Flux, the MLP columns of `img_mlp.0`, `txt_mlp.0` and single-block `linear1` feed a tanh GELU
+and nothing else, and the q and k columns of `*_attn.qkv` and `linear1` feed an RMS norm per head.
+For those columns, with `h = F (x A^T)` `[tokens, R]` and `U = s B` `[columns, R]`,
 
-    out = gelu_tanh(y + h U^T)          h = F (x A^T) [tokens, R],  U = s B [columns, R]
+    up_gelu:      out = gelu_tanh(y + h U^T)
+    up_rms_norm:  out = (y + h U^T) / sqrt(mean_D((y + h U^T)^2) + eps) * w     (per head of D columns)
 
-is computed in one pass over `y`: the GELU reads `y` anyway, so the term costs a rank-`R` dot per
-output tile instead of a second read and write of `y` (`y += h U^T`, then the GELU). On CUDA it is
-one Triton kernel; elsewhere, or without Triton, it is the same sum in torch.
+are computed in one pass over `y`: the GELU and the norm read `y` anyway, so the term costs a
+rank-`R` dot per output tile instead of a second read and write of `y` (`y += h U^T`, then the
+op). On CUDA each is one Triton kernel; elsewhere, or without Triton, the same sum in torch.
 """
 from __future__ import annotations
 
@@ -36,6 +38,26 @@ def up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(rows, approximate="tanh").to(y.dtype).view(y.shape)
 
 
+def up_rms_norm(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, weight: torch.Tensor | None,
+                eps: float | None) -> torch.Tensor:
+    """`rms_norm(y + h up^T) * weight` over the last dim, for `y` `[B, H, L, D]` (q or k: heads of
+    `D` columns, any strides), `h` `[B * L, R]` (token-major), `up` `[H * D, R]`. `eps` None is the
+    dtype's epsilon, as in `torch.nn.RMSNorm`. A new contiguous `[B, H, L, D]` tensor in `y`'s dtype."""
+    batch, heads, tokens, dim = y.shape
+    if h.shape[0] != batch * tokens or up.shape != (heads * dim, h.shape[1]) \
+            or (weight is not None and weight.shape != (dim,)):
+        raise ValueError(f"up_rms_norm: heads {tuple(y.shape)}, rank input {tuple(h.shape)}, up {tuple(up.shape)} "
+                         f"and weight {None if weight is None else tuple(weight.shape)} do not fit")
+    eps = torch.finfo(y.dtype).eps if eps is None else eps
+    if y.is_cuda and HAS_TRITON and y.stride(-1) == 1 and dim >= 16 and dim & (dim - 1) == 0:
+        return _triton_up_rms_norm(y, h, up, weight, eps)
+    wide = torch.promote_types(y.dtype, torch.float32)
+    delta = (h.to(wide) @ up.to(wide).t()).view(batch, tokens, heads, dim).transpose(1, 2)
+    total = y.to(wide) + delta
+    out = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
+    return (out if weight is None else out * weight.to(wide)).to(y.dtype).contiguous()
+
+
 def _rows_view(y: torch.Tensor):
     """`(rows, row stride)` where `y` is a 2-D grid of rows with unit column stride, else None."""
     if y.stride(-1) != 1:
@@ -58,8 +80,8 @@ def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch
     def grid(meta):
         return (_cdiv(rows, meta["BM"]) * _cdiv(columns, meta["BN"]),)
 
-    _kernel()[grid](y, h, up, out, rows, columns, rank, y_stride, h.stride(0), up.stride(0), columns,
-                 GELU_C, BR=block_r)
+    _gelu_kernel()[grid](y, h, up, out, rows, columns, rank, y_stride, h.stride(0), up.stride(0), columns,
+                         GELU_C, BR=block_r)
     return out
 
 
@@ -71,18 +93,71 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _triton_up_rms_norm(y, h, up, weight, eps):
+    batch, heads, tokens, dim = y.shape
+    out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
+    h = h if h.stride(-1) == 1 else h.contiguous()
+    up = up if up.stride(-1) == 1 else up.contiguous()
+    weight = torch.ones(dim, device=y.device, dtype=y.dtype) if weight is None else weight.contiguous()
+    rank = up.shape[1]
+    block_r = max(16, min(64, _next_pow2(rank)))
+
+    def grid(meta):
+        return (_cdiv(batch * tokens, meta["BM"]), heads)
+
+    _norm_kernel()[grid](y, h, up, weight, out, batch * tokens, tokens, heads, rank, y.stride(0), y.stride(1),
+                         y.stride(2), h.stride(0), up.stride(0), float(eps), D=dim, BR=block_r)
+    return out
+
+
+def _configs(triton, shapes):
+    configs = [triton.Config(dict(zip(("BM", "BN"), shape[:-2])), num_warps=shape[-2], num_stages=shape[-1])
+               for shape in shapes]
+    return configs[:1] if os.environ.get("TRITON_INTERPRET") == "1" else configs   # the interpreter cannot time
+
+
 @functools.cache
-def _kernel():
-    """The Triton kernel, defined on first use: importing Triton takes time, and CPU runs never need it."""
+def _norm_kernel():
+    """The Triton kernel of `up_rms_norm`, defined on first use."""
     import triton
     import triton.language as tl
 
-    configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
-               for bm, bn, w, s in ((64, 128, 4, 2), (128, 128, 8, 2), (64, 256, 8, 2), (128, 64, 4, 3))]
-    if os.environ.get("TRITON_INTERPRET") == "1":   # Triton's CPU interpreter cannot time configs
-        configs = configs[:1]
+    @triton.autotune(configs=_configs(triton, ((32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2))), key=["heads", "rank"])
+    @triton.jit
+    def up_rms_norm_kernel(y, h, up, w, out, rows, tokens, heads, rank, y_sb, y_sh, y_sl, h_stride, up_stride, eps,
+                           D: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr):
+        head = tl.program_id(1)
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rd = tl.arange(0, D)
+        in_m = rm < rows
+        b, t = (rm // tokens).to(tl.int64), (rm % tokens).to(tl.int64)
+        acc = tl.load(y + b[:, None] * y_sb + head * y_sh + t[:, None] * y_sl + rd[None, :], mask=in_m[:, None],
+                      other=0.0).to(tl.float32)
+        for start in range(0, rank, BR):
+            rr = start + tl.arange(0, BR)
+            in_r = rr < rank
+            a = tl.load(h + rm[:, None].to(tl.int64) * h_stride + rr[None, :], mask=in_m[:, None] & in_r[None, :],
+                        other=0.0)
+            u = tl.load(up + (head * D + rd[None, :]).to(tl.int64) * up_stride + rr[:, None], mask=in_r[:, None],
+                        other=0.0)
+            acc += tl.dot(a, u, out_dtype=tl.float32)
+        scale = 1.0 / tl.sqrt(tl.sum(acc * acc, axis=1) / D + eps)
+        acc = acc * scale[:, None] * tl.load(w + rd).to(tl.float32)[None, :]
+        at = ((b * heads + head) * tokens + t) * D
+        tl.store(out + at[:, None] + rd[None, :], acc.to(out.dtype.element_ty), mask=in_m[:, None])
 
-    @triton.autotune(configs=configs, key=["columns", "rank"])
+    return up_rms_norm_kernel
+
+
+@functools.cache
+def _gelu_kernel():
+    """The Triton kernel of `up_gelu`, defined on first use: importing Triton takes time, and CPU runs
+    never need it."""
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(configs=_configs(triton, ((64, 128, 4, 2), (128, 128, 8, 2), (64, 256, 8, 2), (128, 64, 4, 3))),
+                     key=["columns", "rank"])
     @triton.jit
     def up_gelu_kernel(y, h, up, out, rows, columns, rank, y_stride, h_stride, up_stride, out_stride,
                        gelu_c, BR: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):

@@ -90,26 +90,27 @@ class MaskedLowRank:
         output-sized intermediate is written and read back. `memo`, kept by the caller for one mask,
         holds the mask gathered to the rank rows, shared by every layer with the same rank layout.
         """
-        return self.add_to_holding(y, x, mask, memo, None)[0]
+        return self.add_to_holding(y, x, mask, memo, ())[0]
 
     def add_to_holding(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, memo: dict | None,
-                       columns: tuple[int, int] | None) -> tuple[torch.Tensor, tuple | None]:
-        """`add_to`, except the low-rank slice over exactly `columns` (start, stop): returns `(y, held)`,
-        `held` = `(h, up)` of that slice (its masked rank input `[tokens, r]` and `s B` `[columns, r]`)
-        for a consumer that adds `h up^T` itself, or None where no slice covers exactly `columns`."""
+                       held_columns: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, tuple]:
+        """`add_to`, except each low-rank slice over exactly one of `held_columns` (start, stop): returns
+        `(y, held)`, `held[i]` = `(h, up)` of the slice over `held_columns[i]` (its masked rank input
+        `[tokens, r]` and `s B` `[columns, r]`), for a consumer that adds `h up^T` itself; None where no
+        slice covers exactly those columns (their terms, if any, are in `y`)."""
         self._check_call(y, x, mask)
         y = y if y.is_contiguous() else y.contiguous()
         y2 = y.view(-1, y.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         f = None if mask is None else mask.reshape(-1, mask.shape[-1])
-        held = None
+        held = dict.fromkeys(held_columns)
         if self.down is not None:
             h = torch.mm(x2, self.down.t())
             if f is not None:
                 h.mul_(self._rank_mask(f, h.dtype, memo))
             for s in self.slices:
-                if (s.start, s.stop) == columns:
-                    held = (h[:, s.ranks], s.up)
+                if (s.start, s.stop) in held:
+                    held[(s.start, s.stop)] = (h[:, s.ranks], s.up)
                 else:
                     y2[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t())
         for t in self.dense:
@@ -117,7 +118,7 @@ class MaskedLowRank:
             if f is not None:
                 delta.mul_(f[:, t.subject:t.subject + 1].to(delta.dtype))
             y2[:, t.out_start:t.out_start + delta.shape[-1]].add_(delta)
-        return y, held
+        return y, tuple(held[c] for c in held_columns)
 
     def _rank_mask(self, f: torch.Tensor, dtype: torch.dtype, memo: dict | None) -> torch.Tensor:
         """`[tokens, R]`: each rank row's column of the mask `f` `[tokens, S]`."""

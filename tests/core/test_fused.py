@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from freefuse_core import up_gelu
+from freefuse_core import up_gelu, up_rms_norm
 
 PACK = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,35 @@ def test_up_gelu_refuses_shapes_that_do_not_fit():
         up_gelu(torch.zeros(3, 8), torch.zeros(3, 2), torch.zeros(8, 3))
 
 
+def flux_q(y, heads):
+    """q of a Flux `qkv` output `[B, L, 3 H D]`, as the block splits it: `[B, H, L, D]`, strided."""
+    return y.view(y.shape[0], y.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_up_rms_norm_equals_the_norm_module_on_the_sum(dtype):
+    """Per head: `RMSNorm(q + h up^T)`; eps None is the dtype's epsilon as in torch.nn.RMSNorm (for
+    bfloat16 0.0078, large enough to matter)."""
+    g = torch.Generator().manual_seed(2)
+    batch, heads, tokens, dim, rank = 2, 3, 5, 8, 4
+    y = (torch.randn(batch, tokens, 3 * heads * dim, generator=g) * 0.1).to(dtype)
+    h, up = torch.randn(batch * tokens, rank, generator=g).to(dtype), (torch.randn(heads * dim, rank, generator=g)
+                                                                       * 0.05).to(dtype)
+    norm = torch.nn.RMSNorm(dim, eps=None, dtype=torch.float32)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5, generator=g)
+    q = flux_q(y, heads)
+    total = q.float() + (h.float() @ up.float().t()).view(batch, tokens, heads, dim).transpose(1, 2)
+    expected = torch.nn.RMSNorm(dim, eps=torch.finfo(dtype).eps)
+    expected.load_state_dict(norm.state_dict())
+    got = up_rms_norm(q, h, up, norm.weight.to(dtype), norm.eps)
+    assert got.shape == q.shape and got.is_contiguous() and got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected(total), **({} if dtype == torch.float32 else
+                                                                dict(atol=2e-2, rtol=2e-2)))
+    assert not torch.allclose(got.float(), expected(q.float()), atol=1e-3)
+    with pytest.raises(ValueError, match="do not fit"):
+        up_rms_norm(q, h[1:], up, None, None)
+
+
 KERNEL_CHECK = """
 import torch
 from freefuse_core import fused
@@ -52,15 +81,26 @@ for dtype in (torch.float32, torch.float16):
         ref = fused.up_gelu(y, h, up)
         assert got.shape == y.shape and got.dtype == dtype
         worst[str(dtype)] = max(worst.get(str(dtype), 0.0), float((got.float() - ref.float()).abs().max()))
+    for batch, heads, tokens, dim, rank in ((1, 3, 37, 16, 24), (2, 2, 20, 32, 80)):
+        y = torch.randn(batch, tokens, 3 * heads * dim + 8, generator=g).to(dtype)
+        k = y[..., heads * dim:2 * heads * dim].unflatten(-1, (heads, dim)).transpose(1, 2)
+        h = (torch.randn(batch * tokens, rank, generator=g) * 0.3).to(dtype)
+        up = (torch.randn(heads * dim, rank, generator=g) * 0.3).to(dtype)
+        w = (torch.rand(dim, generator=g) + 0.5).to(dtype)
+        got, ref = fused._triton_up_rms_norm(k, h, up, w, 1e-6), fused.up_rms_norm(k, h, up, w, 1e-6)
+        assert got.shape == k.shape and got.is_contiguous() and got.dtype == dtype
+        key = "norm " + str(dtype)
+        worst[key] = max(worst.get(key, 0.0), float((got.float() - ref.float()).abs().max()))
 print(worst)
 assert worst["torch.float32"] < 1e-5 and worst["torch.float16"] < 4e-3, worst
+assert worst["norm torch.float32"] < 1e-5 and worst["norm torch.float16"] < 4e-3, worst
 """
 
 
 def test_triton_kernel_matches_torch_in_the_interpreter():
-    """The CUDA kernel, run by Triton's CPU interpreter: odd row counts, a strided column slice, ranks
-    below and above one rank block, float32 and float16, against the float32 torch sum. (The interpreter
-    cannot do bfloat16 dots; `bench/flux_bench.py` checks the bfloat16 kernel on the GPU.)"""
+    """The CUDA kernels, run by Triton's CPU interpreter: odd row counts, strided column slices and heads,
+    ranks below and above one rank block, float32 and float16, against the float32 torch sums. (The
+    interpreter cannot do bfloat16 dots; `bench/flux_bench.py` checks the bfloat16 kernels on the GPU.)"""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(PACK)}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                           timeout=600)

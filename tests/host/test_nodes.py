@@ -360,11 +360,12 @@ def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_on_the_de
     assert not prefetcher.rings
 
 
-def test_mlp_in_terms_join_their_gelu_with_the_same_samples(world, two_loras, monkeypatch):
-    """The path that adds each MLP-in layer's LoRA term inside the GELU after it (`up_gelu`, one pass
-    over the layer's output; off until timed on a GPU) forced on: every double-block MLP and, where a LoRA has a
-    term on exactly the MLP columns of `linear1` (diffusers `proj_mlp`), every single block hand their
-    term over; the samples equal adding it in the layer, and the GELUs get their own forward back."""
+def test_held_terms_join_the_gelu_and_qk_norm_after_their_layer_with_the_same_samples(world, two_loras, monkeypatch):
+    """The path that adds LoRA terms inside the op that reads the layer's output next (off until timed on
+    a GPU) forced on: the GELU after every double-block MLP-in layer, and where a LoRA has terms on
+    exactly those columns (diffusers `proj_mlp`, `to_q`, `to_k`), the GELU after `linear1`'s MLP columns and
+    the q/k norms after `qkv` and `linear1`. The samples equal adding the terms in the layer, and every
+    consumer gets its own forward back."""
     injection = module(world.pack, "freefuse_comfy.injection")
     a, b = two_loras
     model = world.loras((a, "Alice"), (b, "Bob"))
@@ -372,34 +373,47 @@ def test_mlp_in_terms_join_their_gelu_with_the_same_samples(world, two_loras, mo
     in_layer = world.masked(masks)
     comfy.model_management.unload_all_models()
     monkeypatch.setattr(injection, "FUSED_DEVICES", frozenset({"cpu"}))
-    widths, real = [], injection.up_gelu
-    monkeypatch.setattr(injection, "up_gelu", lambda y, h, up: widths.append(y.shape[-1]) or real(y, h, up))
+    calls = {"up_gelu": [], "up_rms_norm": []}
+    for name, seen in calls.items():
+        real = getattr(injection, name)
+        monkeypatch.setattr(injection, name, lambda *a, real=real, seen=seen: seen.append(a[0].shape) or real(*a))
     masks = world.extract(model)
-    widths.clear()   # the extraction's step k stops inside a double block: count whole evaluations only
-    in_gelu = world.masked(masks)
+    for seen in calls.values():
+        seen.clear()   # the extraction's step k stops inside a double block: count whole evaluations only
+    fused = world.masked(masks)
     flux = model.model.diffusion_model
-    per_evaluation = 2 * len(flux.double_blocks) + len(flux.single_blocks)
-    assert widths and len(widths) % per_evaluation == 0
-    assert set(widths) == {flux.double_blocks[0].img_mlp[0].out_features, flux.single_blocks[0].mlp_hidden_dim_first}
-    torch.testing.assert_close(in_gelu, in_layer, **TOL)
+    layers = 2 * len(flux.double_blocks) + len(flux.single_blocks)   # img, txt streams; single blocks
+    evaluations = len(calls["up_gelu"]) // layers
+    assert evaluations > 0 and len(calls["up_gelu"]) == evaluations * layers
+    assert len(calls["up_rms_norm"]) == 2 * evaluations * layers      # q and k
+    image, text = calls["up_gelu"][0][-2], calls["up_gelu"][1][-2]
+    assert {shape[-2] for shape in calls["up_gelu"]} == {image, text, image + text}
+    assert {shape[-1] for shape in calls["up_rms_norm"]} == {flux.single_blocks[0].hidden_size // flux.params.num_heads}
+    torch.testing.assert_close(fused, in_layer, **TOL)
     comfy.model_management.unload_all_models()
-    gelus = [m for m in flux.modules() if isinstance(m, torch.nn.GELU)]
-    assert len(gelus) == per_evaluation and not any("forward" in vars(m) for m in gelus)
+    consumers = [m for m in flux.modules() if type(m).__name__ in ("GELU", "QKNorm")]
+    assert len(consumers) == 2 * layers and not any("forward" in vars(m) for m in consumers)
 
 
-def test_a_held_term_that_no_gelu_takes_is_an_error(pack):
-    """If the GELU after an MLP-in layer never runs, or gets another tensor, the held LoRA term would be
-    lost: the evaluation fails instead of going on without it."""
+def test_a_held_term_that_no_consumer_takes_is_an_error(pack):
+    """If the op after a layer never runs, or gets another tensor, the held LoRA term would be lost: the
+    evaluation fails instead of going on without it."""
     injection = module(pack, "freefuse_comfy.injection")
     y = torch.zeros(2, 3, 8)
-    held = injection._Held("single_blocks.0.linear1", y, (4, 8), torch.zeros(6, 2), torch.zeros(4, 2))
-    with pytest.raises(RuntimeError, match="never ran"):
-        with injection.CallScope(injection.CallMasks()) as _:
-            injection.ACTIVE.get().held[torch.nn.GELU()] = held
+    hold = injection._Hold("single_blocks.0.linear1", "gelu", torch.nn.GELU("tanh"), ((4, 8),))
+    held = injection._Held(hold, y, ((torch.zeros(6, 2), torch.zeros(4, 2)),))
+    with pytest.raises(RuntimeError, match=r"linear1 \(gelu\)'\] were held for the op after them, which never ran"):
+        with injection.CallScope(injection.CallMasks()):
+            injection.ACTIVE.get().held[hold.consumer] = held
     assert injection.ACTIVE.get() is None
-    torch.testing.assert_close(held.gelu_of(y[..., 4:]), torch.zeros(2, 3, 4))
+    assert held.checked(y[..., 4:], 0) is not None
     with pytest.raises(RuntimeError, match="other than that layer's columns 4..8"):
-        held.gelu_of(y[..., 4:].clone())
+        held.checked(y[..., 4:].clone(), 0)
+    qk = injection._Hold("double_blocks.0.img_attn.qkv", "qk_norm", None, ((0, 4), (4, 8)), heads=2)
+    q = y.view(2, 3, 2, 2, 2).permute(2, 0, 3, 1, 4)[0]     # as Flux splits q, k, v: [B, heads, L, D]
+    assert injection._Held(qk, y, (None, None)).checked(q, 0) is q
+    with pytest.raises(RuntimeError, match="other than that layer's columns 4..8"):
+        injection._Held(qk, y, (None, None)).checked(q, 1)
 
 
 def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch):
