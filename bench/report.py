@@ -81,7 +81,7 @@ def ms(breakdown: dict) -> str:
     return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in breakdown.items())
 
 
-RUNS = (  # this session's H200 calls, one machine each, oldest first: file, what the code did then
+RUNS = (  # the last GPU session's H200 calls, one machine each, oldest first: file, what the code did then
     ("main_before_owner_fix.json", "SLIC beside step k, mask gathered once a run; ring views copied the "
                                    "owner index with a stream sync"),
     ("main_cpu_voting.json", "+ owner index copied once per rank layout without a sync; CPU voting"),
@@ -159,7 +159,7 @@ def main() -> None:
         "# Benchmark: FreeFuse against an ordinary LoRA run",
         "",
         f"**freefuse / merged = {d:.2f}** (restart, the default; 2 subjects, {main['size']} px); "
-        f"continue: **{c:.2f}**. Device: {main['device']}. Over this session's H200 calls (one machine each, "
+        f"continue: **{c:.2f}**. Device: {main['device']}. Over the last GPU session's H200 calls (one machine each, "
         f"table below) continue ranged {min(spread_c):.2f} to {max(spread_c):.2f} and restart "
         f"{min(spread_d):.2f} to {max(spread_d):.2f}.",
         "",
@@ -189,7 +189,7 @@ def main() -> None:
         f"(`main_h100.json`): {over_b(h100, 'e'):.1f} x b there, next to c {over_b(h100, 'c'):.2f} and d "
         f"{over_b(h100, 'd'):.2f} of the same run.",
         "",
-        "## This session's runs",
+        "## The last GPU session's runs",
         "",
         "Each H200 call got a fresh machine. The same code gives different ratios on different machines: the "
         "superpixel column is SLIC's time on the host CPU (about 1024 segments of a 256 px image), a rough gauge "
@@ -229,7 +229,7 @@ def main() -> None:
         "them in pinned host memory, one buffer per transformer block, and copies each block's terms into a ring "
         "of 3 GPU buffers two blocks ahead of use, on a side stream (`freefuse_core/prefetch.py`). "
         f"In this run: {lora['gpu']:.3f} GiB of ring on the GPU and {lora['pinned_host']:.2f} GiB pinned on the "
-        f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB; the other calls of this session gave "
+        f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB; the other calls of that session gave "
         + ", ".join(f"{peak_over_b(load(name), 'c'):.2f}" for name, _ in RUNS[:-1])
         + " (the cause of the difference was not found). The latents of c with prefetched and with resident "
         f"terms differ by max |diff| {main['prefetched_vs_resident_max_abs_diff']}. One non-blocking 13 MiB copy "
@@ -239,7 +239,7 @@ def main() -> None:
         "",
         f"First run after a LoRA or strength change (load + sampling): merged {first['b merged']:.1f} s, "
         f"FreeFuse continue {first['c FreeFuse continue']:.1f} s. Between machines this varies more than the "
-        f"rest: merged took {min(firsts):.1f} to {max(firsts):.1f} s in this session's calls.",
+        f"rest: merged took {min(firsts):.1f} to {max(firsts):.1f} s in the last GPU session's calls.",
         "",
         "## Mask extraction",
         "",
@@ -271,7 +271,8 @@ def main() -> None:
                      f"{run['first_run_after_lora_change']['c FreeFuse continue']:.1f} |")
     lines += [
         "",
-        f"4 subjects at {main['size']} px (`subjects4.json`, this session, with the reverted GPU voting, one timed "
+        f"4 subjects at {main['size']} px (`subjects4.json`, the last GPU session, with the reverted GPU voting, "
+        "one timed "
         f"run each): b {four['b'][0]:.2f} s, c {four['c'][0]:.2f} s (c / b = {four_c:.3f}), d {four['d'][0]:.2f} s "
         f"(d / b = {four_d:.3f}); peak c - b {four['c'][1] - four['b'][1]:.2f} GiB.",
         "",
@@ -299,9 +300,9 @@ def main() -> None:
         "## Targets of issue 5 and where they stand",
         "",
         f"- Continue, 2 subjects, {main['size']} px: c / b = {c:.3f} (target <= 1.08): {verdict(c, 1.08)}; "
-        f"this session's calls {min(spread_c):.3f} to {max(spread_c):.3f}. 4 subjects: {four_c:.3f} "
+        f"the last GPU session's calls {min(spread_c):.3f} to {max(spread_c):.3f}. 4 subjects: {four_c:.3f} "
         f"(target <= 1.10): {verdict(four_c, 1.10)}.",
-        f"- Restart (default): d / b = {d:.3f} (target <= 1.27): {verdict(d, 1.27)}; this session's calls "
+        f"- Restart (default): d / b = {d:.3f} (target <= 1.27): {verdict(d, 1.27)}; the last GPU session's calls "
         f"{min(spread_d):.3f} to {max(spread_d):.3f}. Issue 5 gives 2.05 for the existing pack, which was not "
         "measured here.",
         f"- Extraction: {extraction(main):.4f} of b in the final run, lowest call {best_extraction:.4f} (target "
@@ -316,6 +317,8 @@ def main() -> None:
         "once more. Restart mode also pays that term in its k extra unmasked steps. Its target, "
         f"1 + k/steps + 0.06, therefore leaves the term {allowed:.1%} of a step of b. In `main_cpu_voting.json` "
         f"the term cost {term_share:.1%} (c' / b - 1 - extraction); the next sections measure it per layer.",
+        "",
+        *prepared_section(),
         "",
         "## The up projection, per layer (H200, `python3 bench/layer_bench.py --up`, `docs/bench/up_variants.txt`)",
         "",
@@ -393,6 +396,41 @@ def main() -> None:
         "c / b <= 1.08, and neither is worth re-laying out the weights inside ComfyUI's patcher.",
     ]
     (DOCS / "benchmarks.md").write_text("\n".join(lines) + "\n")
+
+
+def prepared_section() -> list[str]:
+    """What the code has that no GPU has timed yet (no device was lent to the session that wrote it)."""
+    slic = {}
+    for line in (RESULTS / "slic_beside_python.txt").read_text().splitlines():
+        match = re.search(r"SLIC (alone|beside busy Python, default|beside busy Python, inside).*?median ([\d.]+) ms",
+                          line)
+        if match:
+            slic[match.group(1).split(", ")[-1]] = float(match.group(2))
+    return [
+        "## Built, not yet timed on a GPU",
+        "",
+        "No device was lent to the session that wrote these, so they have no GPU figure. "
+        "`bash bench/device_run.sh OUT_DIR` is the one call that times them: `layer_bench.py --fused` per layer, "
+        "then the main part with rows c-fused and d-fused beside c and d (and the latents' difference), then 4 "
+        "subjects.",
+        "",
+        "- **LoRA terms added in the op after the layer** (`freefuse_core/fused.py`). The MLP columns of "
+        "`img_mlp.0`, `txt_mlp.0` and `linear1` feed only a tanh GELU, and the q and k columns of `qkv` and "
+        "`linear1` feed only an RMS norm per head. The layer holds those columns' terms `(h, U)` and the GELU or "
+        "norm computes `gelu(y + h U^T)` or `rms_norm(y + h U^T) w` in one Triton pass, so `y` is not read and "
+        "written once more by an `addmm_`: the read and write that the `y.add_(y)` rows of the tables below "
+        "put at the floor of any term added outside the base GEMM. It is off "
+        "(`injection.FUSED_DEVICES` is empty) until timed; the bench turns it on for its -fused rows. The kernels "
+        "are checked in Triton's CPU interpreter (float32, float16; it cannot do bfloat16 dots) and the path, "
+        "forced onto the CPU, gives the same samples as adding the terms in the layer (`tests/host`).",
+        f"- **SLIC beside step k with a short thread switch interval** (`quick_gil_handoff`, 50 us, restored "
+        f"after). skimage's SLIC waits for the GIL many times, and a main thread running Python without pause "
+        f"(as when it launches step k's kernels) keeps it for Python's 5 ms switch interval. On this "
+        f"repository's CPU machine (`python3 bench/slic_bench.py --beside-python`, "
+        f"`docs/bench/slic_beside_python.txt`): SLIC alone {slic['alone']:.1f} ms, beside busy Python "
+        f"{slic['default']:.1f} ms, inside the handoff {slic['inside']:.1f} ms. This one is on by default: it "
+        "changes no result and is restored when the extraction ends.",
+    ]
 
 
 def kext_total() -> str:

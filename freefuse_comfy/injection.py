@@ -278,7 +278,8 @@ def _qk_norm_forward(own_forward, hold: _Hold):
 def _normed(held: _Held, index: int, part: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     if held.terms[index] is None:
         return norm(part)
-    with comfy_ops.CastBiasWeightContext(norm, part, offloadable=True) as (weight, _):
+    owner = norm if norm.weight is not None else None    # as ComfyUI's RMSNorm casts (or offloads) its weight
+    with comfy_ops.CastBiasWeightContext(owner, part, offloadable=True) as (weight, _):
         return up_rms_norm(held.checked(part, index), *held.terms[index], weight, norm.eps)
 
 
