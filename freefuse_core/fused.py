@@ -138,9 +138,9 @@ def _norm_kernel():
             in_r = rr < rank
             a = tl.load(h + rm[:, None].to(tl.int64) * h_stride + rr[None, :], mask=in_m[:, None] & in_r[None, :],
                         other=0.0)
-            u = tl.load(up + (head * D + rd[None, :]).to(tl.int64) * up_stride + rr[:, None], mask=in_r[:, None],
-                        other=0.0)
-            acc += tl.dot(a, u, out_dtype=tl.float32)
+            u = tl.load(up + (head * D + rd[:, None]).to(tl.int64) * up_stride + rr[None, :], mask=in_r[None, :],
+                        other=0.0)   # [D, BR]: read along the rank, as `up` is laid out
+            acc += tl.dot(a, tl.trans(u), out_dtype=tl.float32)
         scale = 1.0 / tl.sqrt(tl.sum(acc * acc, axis=1) / D + eps)
         acc = acc * scale[:, None] * tl.load(w + rd).to(tl.float32)[None, :]
         at = ((b * heads + head) * tokens + t) * D
@@ -174,9 +174,9 @@ def _gelu_kernel():
             in_r = rr < rank
             a = tl.load(h + rm[:, None].to(tl.int64) * h_stride + rr[None, :], mask=in_m[:, None] & in_r[None, :],
                         other=0.0)
-            b = tl.load(up + rn[None, :].to(tl.int64) * up_stride + rr[:, None], mask=in_r[:, None] & in_n[None, :],
-                        other=0.0)
-            acc += tl.dot(a, b, out_dtype=tl.float32)
+            u = tl.load(up + rn[:, None].to(tl.int64) * up_stride + rr[None, :], mask=in_n[:, None] & in_r[None, :],
+                        other=0.0)   # [BN, BR]: read along the rank, as `up` is laid out
+            acc += tl.dot(a, tl.trans(u), out_dtype=tl.float32)
         inner = gelu_c * (acc + 0.044715 * acc * acc * acc)
         gelu = 0.5 * acc * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
         tl.store(out + rm[:, None].to(tl.int64) * out_stride + rn[None, :], gelu.to(out.dtype.element_ty), mask=tile)
