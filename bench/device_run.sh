@@ -10,6 +10,7 @@ out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
+export TRITON_PRINT_AUTOTUNING=1   # the logs name the block shapes the fused kernels' autotuning picked
 log() { grep -v "it/s" > "$out/$1"; }
 for part in $parts; do
   case $part in
