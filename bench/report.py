@@ -421,8 +421,11 @@ def prepared_section() -> list[str]:
         "written once more by an `addmm_`: the read and write that the `y.add_(y)` rows of the tables below "
         "put at the floor of any term added outside the base GEMM. It is off "
         "(`injection.FUSED_DEVICES` is empty) until timed; the bench turns it on for its -fused rows. The kernels "
-        "are checked in Triton's CPU interpreter (float32, float16; it cannot do bfloat16 dots) and the path, "
-        "forced onto the CPU, gives the same samples as adding the terms in the layer (`tests/host`).",
+        "are checked in Triton's CPU interpreter (float32, float16; it cannot do bfloat16 dots), and built for "
+        "sm_86 and sm_90 by Triton's compiler without a GPU, where every autotune config must use at most 128 "
+        "registers and spill none (`tests/core/test_fused.py`: a first version with a runtime loop over the rank "
+        "took 255 and spilled). Forced onto the CPU, the path gives the same samples as adding the terms in the "
+        "layer (`tests/host`).",
         f"- **SLIC beside step k with a short thread switch interval** (`quick_gil_handoff`, 50 us, restored "
         f"after). skimage's SLIC waits for the GIL many times, and a main thread running Python without pause "
         f"(as when it launches step k's kernels) keeps it for Python's 5 ms switch interval. On this "

@@ -75,22 +75,13 @@ def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     h = h if h.stride(-1) == 1 else h.contiguous()
     up = up if up.stride(-1) == 1 else up.contiguous()
-    block_r = max(16, min(64, _next_pow2(rank)))
 
     def grid(meta):
         return (_cdiv(rows, meta["BM"]) * _cdiv(columns, meta["BN"]),)
 
-    _gelu_kernel()[grid](y, h, up, out, rows, columns, rank, y_stride, h.stride(0), up.stride(0), columns,
-                         GELU_C, BR=block_r)
+    _kernels()[0][grid](y, h, up, out, rows, columns, y_stride, h.stride(0), up.stride(0), columns, GELU_C,
+                        RANK=rank, BR=_rank_block(rank))
     return out
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _triton_up_rms_norm(y, h, up, weight, eps):
@@ -100,85 +91,28 @@ def _triton_up_rms_norm(y, h, up, weight, eps):
     up = up if up.stride(-1) == 1 else up.contiguous()
     weight = torch.ones(dim, device=y.device, dtype=y.dtype) if weight is None else weight.contiguous()
     rank = up.shape[1]
-    block_r = max(16, min(64, _next_pow2(rank)))
 
     def grid(meta):
-        return (_cdiv(batch * tokens, meta["BM"]), heads)
+        return (batch, _cdiv(tokens, meta["BM"]), heads)
 
-    _norm_kernel()[grid](y, h, up, weight, out, batch * tokens, tokens, heads, rank, y.stride(0), y.stride(1),
-                         y.stride(2), h.stride(0), up.stride(0), float(eps), D=dim, BR=block_r)
+    _kernels()[1][grid](y, h, up, weight, out, tokens, heads, y.stride(0), y.stride(1), y.stride(2), h.stride(0),
+                        up.stride(0), float(eps), RANK=rank, D=dim, BR=_rank_block(rank))
     return out
 
 
-def _configs(triton, shapes):
-    configs = [triton.Config(dict(zip(("BM", "BN"), shape[:-2])), num_warps=shape[-2], num_stages=shape[-1])
-               for shape in shapes]
-    return configs[:1] if os.environ.get("TRITON_INTERPRET") == "1" else configs   # the interpreter cannot time
+def _rank_block(rank: int) -> int:
+    """The rank block of the kernels' dot: the largest of 64, 32, 16 that divides the rank (no masks
+    then), else the power of two above it, at most 64."""
+    return next((b for b in (64, 32, 16) if rank % b == 0), max(16, min(64, 1 << (rank - 1).bit_length())))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 @functools.cache
-def _norm_kernel():
-    """The Triton kernel of `up_rms_norm`, defined on first use."""
-    import triton
-    import triton.language as tl
-
-    @triton.autotune(configs=_configs(triton, ((32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2))), key=["heads", "rank"])
-    @triton.jit
-    def up_rms_norm_kernel(y, h, up, w, out, rows, tokens, heads, rank, y_sb, y_sh, y_sl, h_stride, up_stride, eps,
-                           D: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr):
-        head = tl.program_id(1)
-        rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        rd = tl.arange(0, D)
-        in_m = rm < rows
-        b, t = (rm // tokens).to(tl.int64), (rm % tokens).to(tl.int64)
-        acc = tl.load(y + b[:, None] * y_sb + head * y_sh + t[:, None] * y_sl + rd[None, :], mask=in_m[:, None],
-                      other=0.0).to(tl.float32)
-        for start in range(0, rank, BR):
-            rr = start + tl.arange(0, BR)
-            in_r = rr < rank
-            a = tl.load(h + rm[:, None].to(tl.int64) * h_stride + rr[None, :], mask=in_m[:, None] & in_r[None, :],
-                        other=0.0)
-            u = tl.load(up + (head * D + rd[:, None]).to(tl.int64) * up_stride + rr[None, :], mask=in_r[None, :],
-                        other=0.0)   # [D, BR]: read along the rank, as `up` is laid out
-            acc += tl.dot(a, tl.trans(u), out_dtype=tl.float32)
-        scale = 1.0 / tl.sqrt(tl.sum(acc * acc, axis=1) / D + eps)
-        acc = acc * scale[:, None] * tl.load(w + rd).to(tl.float32)[None, :]
-        at = ((b * heads + head) * tokens + t) * D
-        tl.store(out + at[:, None] + rd[None, :], acc.to(out.dtype.element_ty), mask=in_m[:, None])
-
-    return up_rms_norm_kernel
-
-
-@functools.cache
-def _gelu_kernel():
-    """The Triton kernel of `up_gelu`, defined on first use: importing Triton takes time, and CPU runs
-    never need it."""
-    import triton
-    import triton.language as tl
-
-    @triton.autotune(configs=_configs(triton, ((64, 128, 4, 2), (128, 128, 8, 2), (64, 256, 8, 2), (128, 64, 4, 3))),
-                     key=["columns", "rank"])
-    @triton.jit
-    def up_gelu_kernel(y, h, up, out, rows, columns, rank, y_stride, h_stride, up_stride, out_stride,
-                       gelu_c, BR: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-        pid = tl.program_id(0)
-        tiles_n = tl.cdiv(columns, BN)
-        pid_m, pid_n = pid // tiles_n, pid % tiles_n
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        in_m, in_n = rm < rows, rn < columns
-        tile = in_m[:, None] & in_n[None, :]
-        acc = tl.load(y + rm[:, None].to(tl.int64) * y_stride + rn[None, :], mask=tile, other=0.0).to(tl.float32)
-        for start in range(0, rank, BR):
-            rr = start + tl.arange(0, BR)
-            in_r = rr < rank
-            a = tl.load(h + rm[:, None].to(tl.int64) * h_stride + rr[None, :], mask=in_m[:, None] & in_r[None, :],
-                        other=0.0)
-            u = tl.load(up + rn[:, None].to(tl.int64) * up_stride + rr[None, :], mask=in_n[:, None] & in_r[None, :],
-                        other=0.0)   # [BN, BR]: read along the rank, as `up` is laid out
-            acc += tl.dot(a, tl.trans(u), out_dtype=tl.float32)
-        inner = gelu_c * (acc + 0.044715 * acc * acc * acc)
-        gelu = 0.5 * acc * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
-        tl.store(out + rm[:, None].to(tl.int64) * out_stride + rn[None, :], gelu.to(out.dtype.element_ty), mask=tile)
-
-    return up_gelu_kernel
+def _kernels():
+    """`(up_gelu kernel, up_rms_norm kernel)`, imported on first use: importing Triton takes time, and
+    CPU runs never need it."""
+    from . import fused_kernels
+    return fused_kernels.up_gelu, fused_kernels.up_rms_norm
