@@ -1,4 +1,4 @@
-"""FreeFuse, the method: host-independent (torch, numpy, scikit-image only; never ComfyUI)."""
+"""FreeFuse, the method: host-independent (torch, numpy, scikit-image; Triton on CUDA, on first use; never ComfyUI)."""
 from .attention import cross_rows, salient_tokens, subject_maps, suppress_sinks
 from .fused import up_gelu, up_rms_norm
 from .lowrank import DenseTerm, LowRankTerm, MaskedLowRank
