@@ -74,7 +74,7 @@ def up_gelu(y, h, up, out, rows, columns, y_stride, h_stride, up_stride, out_str
            EVEN)
 
 
-@triton.autotune(configs=_configs(((32, 4), (16, 4), (32, 8))), key=["heads", "RANK"])
+@triton.autotune(configs=_configs(((32, 4), (32, 8), (64, 8))), key=["heads", "RANK"])
 @triton.heuristics({"EVEN": lambda a: a["tokens"] % a["BM"] == 0 and a["RANK"] % a["BR"] == 0})
 @triton.jit
 def up_rms_norm(y, h, up, w, out, tokens, heads, y_sb, y_sh, y_sl, h_stride, up_stride, eps,

@@ -109,9 +109,11 @@ def test_triton_kernel_matches_torch_in_the_interpreter():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int]]:
-    """`(config, registers, stack bytes)` of `kernel` built for sm_`arch` in bfloat16, per autotune config,
-    from `cuobjdump --dump-resource-usage` (shipped with Triton; no GPU needed)."""
+def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int, int]]:
+    """`(config, registers, stack bytes, 128-bit global loads)` of `kernel` built for sm_`arch` in bfloat16,
+    per autotune config, from its PTX and `cuobjdump --dump-resource-usage` (shipped with Triton; no GPU
+    needed). Pointers and integers are marked divisible by 16, as Triton specializes them at launch for
+    Flux's shapes (aligned slices, widths and token counts that are multiples of 16)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -120,10 +122,12 @@ def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int]]
     floats, pointers = ("eps", "gelu_c"), ("y", "h", "up", "w", "out")
     signature = {p.name: "constexpr" if p.is_constexpr else "*bf16" if p.name in pointers else
                  "fp32" if p.name in floats else "i32" for p in jit.params}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(jit.params)
+               if signature[p.name] not in ("constexpr", "fp32")}
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     found = []
     for config in kernel.configs:
-        built = triton.compile(ASTSource(jit, signature, constexprs={**constants, **config.kwargs}),
+        built = triton.compile(ASTSource(jit, signature, constexprs={**constants, **config.kwargs}, attrs=aligned),
                                target=GPUTarget("cuda", arch, 32),
                                options={"num_warps": config.num_warps, "num_stages": config.num_stages})
         cubin = Path(tempfile.mkdtemp()) / "kernel.cubin"
@@ -131,20 +135,21 @@ def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int]]
         usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
                                text=True, check=True).stdout
         registers, stack = (int(re.search(rf"{key}:(\d+)", usage).group(1)) for key in ("REG", "STACK"))
-        found.append((config.kwargs, registers, stack))
+        found.append((config.kwargs, registers, stack, len(re.findall(r"ld\.global(\.\w+)*\.v4", built.asm["ptx"]))))
     return found
 
 
 @pytest.mark.parametrize("arch", [86, 90])
 @pytest.mark.parametrize("even", [True, False])
 def test_kernels_build_for_the_gpus_users_have_without_spilling(arch, even):
-    """Built for sm_86 (RTX 30xx) and sm_90 (H100/H200), every autotune config, masked and not: no
-    register spills and at most 128 registers a thread (two 8-warp programs fit an SM). The kernels are
-    memory-bound, so this is what keeps them at the speed of the GELU or norm alone; a runtime loop over
-    the rank once took them to 255 registers and spills."""
+    """Built for sm_86 (RTX 30xx) and sm_90 (H100/H200), every autotune config, masked and not: 128-bit
+    loads, no register spills and at most 128 registers a thread (two 8-warp programs fit an SM). The
+    kernels are memory-bound, so this is what keeps them near the speed of the GELU or norm alone; a
+    runtime loop over the rank once took them to 255 registers and spills."""
     from freefuse_core import fused_kernels
 
     for kernel, constants in ((fused_kernels.up_gelu, {"RANK": 64, "BR": 64}),
                               (fused_kernels.up_rms_norm, {"RANK": 64, "BR": 64, "D": 128})):
-        for config, registers, stack in resources(kernel, arch, {**constants, "EVEN": even}):
-            assert stack == 0 and registers <= 128, (kernel.fn.fn.__name__, config, registers, stack)
+        for config, registers, stack, wide_loads in resources(kernel, arch, {**constants, "EVEN": even}):
+            assert stack == 0 and registers <= 128 and wide_loads > 0, (kernel.fn.fn.__name__, config, registers,
+                                                                        stack, wide_loads)
