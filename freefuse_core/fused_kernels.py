@@ -5,7 +5,8 @@ head row, the RMS norm, written once. Register use decides these memory-bound ke
 (checked with `cuobjdump --dump-resource-usage` on sm_86 and sm_90 builds): the rank is a
 compile-time constant and its loop unrolled (a runtime loop around the dot took 2-4x the
 registers), a tile's offset is one 64-bit scalar with 32-bit offsets inside it, and a tile that
-divides the problem (EVEN) is loaded without masks.
+divides the problem (EVEN) is loaded without masks. Loads are 128 bits wide where Triton
+specializes the pointers and sizes as multiples of 16 at launch, as Flux's are.
 """
 import os
 

@@ -416,11 +416,15 @@ def test_a_held_term_that_no_consumer_takes_is_an_error(pack):
         injection._Held(qk, y, (None, None)).checked(q, 1)
 
 
-def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch):
+@pytest.mark.parametrize("fused", [False, True], ids=["terms in the layer", "terms in the GELU and q/k norm"])
+def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkeypatch, fused):
     """Low VRAM: ComfyUI is made to load the model partially (1 MB budget), so most layers cast
-    their weights per call; the masked LoRA outputs must be unchanged."""
+    their weights per call (the q/k norms too, whose weights the fused path takes the same way); the
+    masked LoRA outputs must be unchanged."""
     import comfy.model_management as mm
 
+    if fused:
+        monkeypatch.setattr(module(world.pack, "freefuse_comfy.injection"), "FUSED_DEVICES", frozenset({"cpu"}))
     a, b = two_loras
     model = world.loras((a, "Alice"), (b, "Bob"))
     masks = world.extract(model)
