@@ -15,6 +15,11 @@ Which mask a layer uses depends on the tokens it sees, fixed per layer name:
 embedders: no token axis, one factor per image). Per model evaluation a `CallMasks` is set in a context
 variable by a diffusion-model wrapper and reset when the evaluation ends; with none set, every
 LoRA acts unmasked (an ordinary LoRA run).
+
+On FUSED_DEVICES (none until timed on a GPU) a layer whose MLP or q/k columns feed only a GELU or
+Flux's q/k norm leaves those columns' terms out and holds them in the evaluation's `CallMasks`;
+the GELU or norm, replaced in the same lifecycle, adds them in its own pass (`_Hold`). A held term
+that its consumer does not take, or a consumer that gets another tensor, is an error.
 """
 from __future__ import annotations
 
