@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import os
 
 import torch
 
