@@ -424,7 +424,7 @@ def prepared_section() -> list[str]:
         "are checked in Triton's CPU interpreter (float32, float16; it cannot do bfloat16 dots), and built for "
         "sm_86 and sm_90 by Triton's compiler without a GPU, where every autotune config must use at most 128 "
         "registers and spill none (`tests/core/test_fused.py`: a first version with a runtime loop over the rank "
-        "took 255 and spilled). Forced onto the CPU, the path gives the same samples as adding the terms in the "
+        "took up to 172). Forced onto the CPU, the path gives the same samples as adding the terms in the "
         "layer (`tests/host`).",
         f"- **SLIC beside step k with a short thread switch interval** (`quick_gil_handoff`, 50 us, restored "
         f"after). skimage's SLIC waits for the GIL many times, and a main thread running Python without pause "
