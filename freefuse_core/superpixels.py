@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,14 +46,24 @@ def quick_gil_handoff(interval: float = SLIC_SWITCH_INTERVAL):
     For SLIC in a worker thread beside the main thread's step `k`: skimage's SLIC takes the GIL back
     many times, and the main thread, launching kernels, keeps it until the switch interval (5 ms by
     default) runs out, so each of those waits costs SLIC up to one interval
-    (`python3 bench/slic_bench.py --beside-python` measures it).
+    (`python3 bench/slic_bench.py --beside-python` measures it). The setting is the process's: with
+    handoffs open in several threads, the first one in saves it and the last one out restores it.
     """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, interval))
+    with _HANDOFF["lock"]:
+        if _HANDOFF["open"] == 0:
+            _HANDOFF["saved"] = sys.getswitchinterval()
+        _HANDOFF["open"] += 1
+        sys.setswitchinterval(min(_HANDOFF["saved"], interval))
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
+        with _HANDOFF["lock"]:
+            _HANDOFF["open"] -= 1
+            if _HANDOFF["open"] == 0:
+                sys.setswitchinterval(_HANDOFF["saved"])
+
+
+_HANDOFF = {"lock": threading.Lock(), "open": 0, "saved": None}   # the handoffs open now, process-wide
 
 
 def _check(height: int, width: int, grid: tuple[int, int], patch: int):

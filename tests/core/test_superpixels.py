@@ -96,3 +96,18 @@ def test_gil_handoff_shortens_the_switch_interval_inside_and_restores_it_after_a
             assert sys.getswitchinterval() == pytest.approx(1e-5)
     finally:
         sys.setswitchinterval(original)
+
+
+def test_overlapping_gil_handoffs_restore_the_interval_once_the_last_ends():
+    original = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        first, second = quick_gil_handoff(), quick_gil_handoff()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)    # the first to open ends first: the other still runs
+        assert sys.getswitchinterval() == pytest.approx(SLIC_SWITCH_INTERVAL)
+        second.__exit__(None, None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    finally:
+        sys.setswitchinterval(original)
