@@ -9,7 +9,7 @@ For those columns, with `h = F (x A^T)` `[tokens, R]` and `U = s B` `[columns, R
 
 are computed in one pass over `y`: the GELU and the norm read `y` anyway, so the term costs a
 rank-`R` dot per output tile instead of a second read and write of `y` (`y += h U^T`, then the
-op). On CUDA each is one Triton kernel; elsewhere, or without Triton, the same sum in torch.
+op). On CUDA in half precision each is one Triton kernel; otherwise the same sum in torch.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if h.shape[0] * y.shape[-1] != y.numel() or up.shape != (y.shape[-1], h.shape[1]):
         raise ValueError(f"up_gelu: output {tuple(y.shape)}, rank input {tuple(h.shape)} and up "
                          f"{tuple(up.shape)} do not fit")
-    if y.is_cuda and HAS_TRITON and _rows_view(y) is not None:
+    if _triton_can(y) and _rows_view(y) is not None:
         return _triton_up_gelu(y, h, up)
     wide = torch.promote_types(y.dtype, torch.float32)
     rows = y.reshape(-1, y.shape[-1]).to(wide) + h.to(wide) @ up.to(wide).t()
@@ -48,13 +48,19 @@ def up_rms_norm(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, weight: torc
         raise ValueError(f"up_rms_norm: heads {tuple(y.shape)}, rank input {tuple(h.shape)}, up {tuple(up.shape)} "
                          f"and weight {None if weight is None else tuple(weight.shape)} do not fit")
     eps = torch.finfo(y.dtype).eps if eps is None else eps
-    if y.is_cuda and HAS_TRITON and y.stride(-1) == 1 and dim >= 16 and dim & (dim - 1) == 0:
+    if _triton_can(y) and y.stride(-1) == 1 and dim >= 16 and dim & (dim - 1) == 0:
         return _triton_up_rms_norm(y, h, up, weight, eps)
     wide = torch.promote_types(y.dtype, torch.float32)
     delta = (h.to(wide) @ up.to(wide).t()).view(batch, tokens, heads, dim).transpose(1, 2)
     total = y.to(wide) + delta
     out = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
     return (out if weight is None else out * weight.to(wide)).to(y.dtype).contiguous()
+
+
+def _triton_can(y: torch.Tensor) -> bool:
+    """The kernels run on CUDA in half precision; float32 stays in torch, whose matmuls do not drop to
+    TF32 as Triton's dot would."""
+    return y.is_cuda and HAS_TRITON and y.dtype in (torch.bfloat16, torch.float16)
 
 
 def _rows_view(y: torch.Tensor):
