@@ -232,6 +232,8 @@ def _tanh_gelu(module) -> bool:
 
 
 def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
+    held_columns = [c for hold in holds for c in hold.columns]
+
     def forward(x, *args, **kwargs):
         y = base_forward(x, *args, **kwargs)
         call = ACTIVE.get()
@@ -244,7 +246,7 @@ def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
             return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask, memo).squeeze(1)
         if not holds or call is None or y.device.type not in FUSED_DEVICES:
             return fast.add_to(y, x.to(y.dtype), mask, memo)
-        y, terms = fast.add_to_holding(y, x.to(y.dtype), mask, memo, [c for hold in holds for c in hold.columns])
+        y, terms = fast.add_to_holding(y, x.to(y.dtype), mask, memo, held_columns)
         for hold in holds:
             mine, terms = terms[:len(hold.columns)], terms[len(hold.columns):]
             if any(term is not None for term in mine):

@@ -30,8 +30,9 @@ def up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if h.shape[0] * y.shape[-1] != y.numel() or up.shape != (y.shape[-1], h.shape[1]):
         raise ValueError(f"up_gelu: output {tuple(y.shape)}, rank input {tuple(h.shape)} and up "
                          f"{tuple(up.shape)} do not fit")
-    if _triton_can(y) and _rows_view(y) is not None:
-        return _triton_up_gelu(y, h, up)
+    grid = _rows_view(y) if _triton_can(y) else None
+    if grid is not None:
+        return _triton_up_gelu(y, h, up, *grid)
     wide = torch.promote_types(y.dtype, torch.float32)
     rows = y.reshape(-1, y.shape[-1]).to(wide) + h.to(wide) @ up.to(wide).t()
     return torch.nn.functional.gelu(rows, approximate="tanh").to(y.dtype).view(y.shape)
@@ -74,8 +75,7 @@ def _rows_view(y: torch.Tensor):
     return y.numel() // y.shape[-1], stride
 
 
-def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    rows, y_stride = _rows_view(y)
+def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: int, y_stride: int) -> torch.Tensor:
     columns, rank = up.shape
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     h = h if h.stride(-1) == 1 else h.contiguous()
