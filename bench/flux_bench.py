@@ -488,29 +488,39 @@ def sizes_part(bench: Bench):
 
 
 def profile_part(bench: Bench):
-    """torch.profiler over 8 steps of the merged model (b) and the masked model (c's stage 2)."""
-    from torch.profiler import ProfilerActivity, profile
+    """torch.profiler over 8 steps of the merged model (b) and the masked model (c's stage 2), and on CUDA
+    with Triton the masked model with the terms in the GELU and q/k norm."""
     names = bench.loras(ARGS.rank, 2)
     setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, 8)
     masks = glue.sampling.extract(setup, bench.vae, 6, 1 if ARGS.small else 16, True, 1.0, "vae")
     out = {}
-    for name, model in (("b merged", bench.merged(names)), ("c masked", glue.masked.masked_model(masks))):
+    models = [("b merged", bench.merged(names), False), ("c masked", glue.masked.masked_model(masks), False)]
+    if core.fused.HAS_TRITON and DEVICE.type == "cuda":
+        models.append(("c-fused masked, terms in the GELU and q/k norm", models[1][1], True))
+    for name, model, fused in models:
         run = lambda: nodes.common_ksampler(model, 0, 8, 1.0, "euler", "simple", setup.positive,  # noqa: E731
                                             setup.positive, setup.latent)
-        run()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
-        sync()
-        start = time.perf_counter()
-        with profile(activities=activities) as prof:
-            run()
-            sync()
-        wall = time.perf_counter() - start
-        table = prof.key_averages().table(sort_by="self_cuda_time_total" if DEVICE.type == "cuda"
-                                          else "self_cpu_time_total", row_limit=18, max_name_column_width=48)
-        gpu = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
-        out[name] = {"wall_s": wall, "gpu_busy_s": gpu}
-        print(f"== {name}: wall {wall:.3f} s (profiled), GPU kernel time {gpu:.3f} s\n{table}")
+        with fused_consumers() if fused else contextlib.nullcontext():
+            profiled = profile_run(run)
+        out[name] = {"wall_s": profiled[0], "gpu_busy_s": profiled[1]}
+        print(f"== {name}: wall {profiled[0]:.3f} s (profiled), GPU kernel time {profiled[1]:.3f} s\n{profiled[2]}")
     return out
+
+
+def profile_run(run):
+    """`(wall seconds, GPU kernel seconds, table)` of `run()` under torch.profiler, after one run unprofiled."""
+    from torch.profiler import ProfilerActivity, profile
+    run()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        run()
+        sync()
+    wall = time.perf_counter() - start
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if DEVICE.type == "cuda"
+                                      else "self_cpu_time_total", row_limit=18, max_name_column_width=48)
+    return wall, sum(e.self_device_time_total for e in prof.key_averages()) / 1e6, table
 
 
 def calls_part(bench: Bench):
