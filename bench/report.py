@@ -410,9 +410,9 @@ def prepared_section() -> list[str]:
         "## Built, not yet timed on a GPU",
         "",
         "No device was lent to the session that wrote these, so they have no GPU figure. "
-        "`bash bench/device_run.sh OUT_DIR` is the one call that times them: `layer_bench.py --fused` per layer, "
-        "then the main part with rows c-fused and d-fused beside c and d (and the latents' difference), then 4 "
-        "subjects.",
+        "`bash bench/device_run.sh OUT_DIR` times them: `layer_bench.py --fused` per layer, the main part with "
+        "rows c-fused and d-fused beside c and d (and the latents' difference), 4 subjects, and (part `profile`) "
+        "the GPU kernel time of 8 steps with and without.",
         "",
         "- **LoRA terms added in the op after the layer** (`freefuse_core/fused.py`). The MLP columns of "
         "`img_mlp.0`, `txt_mlp.0` and `linear1` feed only a tanh GELU, and the q and k columns of `qkv` and "
@@ -423,7 +423,7 @@ def prepared_section() -> list[str]:
         "(`injection.FUSED_DEVICES` is empty) until timed; the bench turns it on for its -fused rows. The kernels "
         "are checked in Triton's CPU interpreter (float32, float16; it cannot do bfloat16 dots), and built for "
         "sm_86 and sm_90 by Triton's compiler without a GPU, where every autotune config must use at most 128 "
-        "registers and spill none (`tests/core/test_fused.py`: a first version with a runtime loop over the rank "
+        "registers, spill none and load 128 bits at a time (`tests/core/test_fused.py`: a first version with a runtime loop over the rank "
         "took up to 172). Forced onto the CPU, the path gives the same samples as adding the terms in the "
         "layer (`tests/host`).",
         f"- **SLIC beside step k with a short thread switch interval** (`quick_gil_handoff`, 50 us, restored "
