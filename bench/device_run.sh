@@ -2,13 +2,14 @@
 # GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
 # layer: layer_bench.py --fused), `main` (rows b, c, d, their -fused twins, c'; the extraction timed 3
 # times), `subjects` (4 subjects: b, c, d, c-fused, d-fused), `profile` (GPU kernel time of 8 steps:
-# merged, masked, masked with the terms in the GELU and q/k norm). Results go to OUT_DIR; copy them
+# merged, masked, masked with the terms in the GELU and q/k norm), `pairs` (b, c, c-fused, d, d-fused
+# timed in turn, 3 rounds). Results go to OUT_DIR; copy them
 # to docs/bench/, then run `python3 bench/report.py`.
-#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile]
+#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
 # (layers, main and subjects when none is named; before the -fused rows, `main` alone took 210 to
 # 260 s on an H200)
 set -uo pipefail
-out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile]}
+out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
@@ -24,9 +25,12 @@ for part in $parts; do
                 --rows bcd --repeats 1 > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
               [ -f "$out/subjects.json" ] && mv "$out/subjects.json" "$out/subjects4.json"
               cat "$out/subjects_stdout.txt" ;;
+    pairs) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part pairs --repeats 3 \
+             > "$out/pairs_stdout.txt" 2> >(log pairs_log.txt)
+           grep "round" "$out/pairs_log.txt" ;;
     profile) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part profile \
                > "$out/profile.txt" 2> >(log profile_log.txt)
              grep "^== " "$out/profile.txt" ;;
-    *) echo "unknown part '$part': use layers, main, subjects or profile" >&2; exit 2 ;;
+    *) echo "unknown part '$part': use layers, main, subjects, profile or pairs" >&2; exit 2 ;;
   esac
 done

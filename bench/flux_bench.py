@@ -35,7 +35,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--comfyui", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls"])
+    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls", "pairs"])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
@@ -523,6 +523,34 @@ def profile_run(run):
     return wall, sum(e.self_device_time_total for e in prof.key_averages()) / 1e6, table
 
 
+def pairs_part(bench: Bench):
+    """b, c, c-fused, d, d-fused timed in turn, --repeats rounds after one warm-up round: row-to-row drift
+    on one machine lands on every row alike. Medians and minimums per row, and each over b's."""
+    names = bench.loras(ARGS.rank, 2)
+    setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
+    merged = bench.merged(names)
+    plain, fused = contextlib.nullcontext, fused_consumers
+    rows = {"b": (lambda: bench.stock(merged, setup), plain),
+            "c": (lambda: bench.freefuse(setup, "continue"), plain),
+            "c-fused": (lambda: bench.freefuse(setup, "continue"), fused),
+            "d": (lambda: bench.freefuse(setup, "restart"), plain),
+            "d-fused": (lambda: bench.freefuse(setup, "restart"), fused)}
+    times = {name: [] for name in rows}
+    for round_ in range(ARGS.repeats + 1):
+        for name, (run, context) in rows.items():
+            with context():
+                seconds = timed(run)[0]
+            if round_:
+                times[name].append(seconds)
+        if round_:
+            note(f"round {round_}: " + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
+    out = {name: {"seconds": t, "median": statistics.median(t), "min": min(t)} for name, t in times.items()}
+    for name, row in out.items():
+        row["median_over_b"] = row["median"] / out["b"]["median"]
+        row["min_over_b"] = row["min"] / out["b"]["min"]
+    return out
+
+
 def calls_part(bench: Bench):
     """cProfile (host time, GPU waits included) of one extraction and one continue pass, warm."""
     import cProfile
@@ -583,7 +611,8 @@ def main():
         if "c FreeFuse continue" in rows:
             print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
-        parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part, "calls": calls_part}
+        parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part, "calls": calls_part,
+                 "pairs": pairs_part}
         result = parts[ARGS.part](bench)
         (out / f"{ARGS.part}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))

@@ -254,6 +254,32 @@ def fused_variants(args, device):
     base = totals["base + op"]
     print("fused per step (these layers and ops only): base + op %.1f ms; " % base + ", ".join(
         f"{n} +{100 * (t / base - 1):.1f} %" for n, t in totals.items() if n != "base + op"))
+    host_times(args, device)
+
+
+def host_times(args, device):
+    """Host microseconds per launch (no sync in between; few enough not to fill the launch queue): the fused
+    kernels against the torch ops they stand in for, at the text stream's small shapes."""
+    import time
+    _, path, x, w, b, mask = layer(*KINDS["txt mlp.0"][:4], args.rank, args.loras, device)
+    y, (held,) = path.add_to_holding(torch.nn.functional.linear(x, w, b), x, mask, None, [(0, MLP)])
+    q = y[..., :H].unflatten(-1, (-1, 128)).transpose(1, 2)
+    norm_term = (held[0], torch.zeros(H, held[0].shape[1], device=device, dtype=y.dtype))
+    weight = torch.ones(128, device=device, dtype=y.dtype)
+    ops = {"torch gelu": lambda: torch.nn.functional.gelu(y, approximate="tanh"),
+           "up_gelu (Triton)": lambda: up_gelu(y, *held),
+           "torch rms_norm": lambda: torch.nn.functional.rms_norm(q, (128,), weight, 1e-6),
+           "up_rms_norm (Triton)": lambda: up_rms_norm(q, *norm_term, weight, 1e-6),
+           "torch addmm_": lambda: y.view(-1, MLP).addmm_(held[0], held[1].t())}
+    for name, op in ops.items():
+        op()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(100):
+            op()
+        host = (time.perf_counter() - start) / 100
+        torch.cuda.synchronize()
+        print(f"host {name:22s} {1e6 * host:6.1f} us a launch")
 
 
 def sweep(args, device):
