@@ -80,12 +80,10 @@ def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: in
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     h = h if h.stride(-1) == 1 else h.contiguous()
     up = up if up.stride(-1) == 1 else up.contiguous()
-
-    def grid(meta):
-        return (_cdiv(rows, meta["BM"]) * _cdiv(columns, meta["BN"]),)
-
-    _kernels()[0][grid](y, h, up, out, rows, columns, y_stride, h.stride(0), up.stride(0), columns, GELU_C,
-                        RANK=rank, BR=_rank_block(rank))
+    block_r, (even_m, even_n) = _rank_block(rank), _kernel_module().GELU_EVEN
+    _launch(0, (columns, rank, y.dtype), lambda bm, bn: (_cdiv(rows, bm) * _cdiv(columns, bn),),
+            (y, h, up, out, rows, columns, y_stride, h.stride(0), up.stride(0), columns, GELU_C),
+            dict(RANK=rank, BR=block_r, EVEN=rows % even_m == 0 and columns % even_n == 0 and rank % block_r == 0))
     return out
 
 
@@ -96,13 +94,28 @@ def _triton_up_rms_norm(y, h, up, weight, eps):
     up = up if up.stride(-1) == 1 else up.contiguous()
     weight = torch.ones(dim, device=y.device, dtype=y.dtype) if weight is None else weight.contiguous()
     rank = up.shape[1]
-
-    def grid(meta):
-        return (batch, _cdiv(tokens, meta["BM"]), heads)
-
-    _kernels()[1][grid](y, h, up, weight, out, tokens, heads, y.stride(0), y.stride(1), y.stride(2), h.stride(0),
-                        up.stride(0), float(eps), RANK=rank, D=dim, BR=_rank_block(rank))
+    block_r = _rank_block(rank)
+    _launch(1, (heads, rank, y.dtype), lambda bm, bn: (batch, _cdiv(tokens, bm), heads),
+            (y, h, up, weight, out, tokens, heads, y.stride(0), y.stride(1), y.stride(2), h.stride(0), up.stride(0),
+             float(eps)),
+            dict(RANK=rank, D=dim, BR=block_r, EVEN=tokens % _kernel_module().NORM_EVEN == 0 and rank % block_r == 0))
     return out
+
+
+_TUNED: dict = {}   # (kernel, autotune key) -> the config its autotuner chose, for the launches after the first
+
+
+def _launch(index: int, key: tuple, grid_of, args: tuple, constants: dict) -> None:
+    """Kernel `index` through its autotuner the first time for `key`, then straight to the JIT function
+    with the config it chose: the autotuner's own bookkeeping costs tens of microseconds a launch."""
+    tuner = (_kernel_module().up_gelu, _kernel_module().up_rms_norm)[index]
+    config = _TUNED.get((index, key))
+    if config is None:
+        tuner[lambda meta: grid_of(meta["BM"], meta.get("BN"))](*args, **constants)
+        _TUNED[(index, key)] = tuner.best_config
+        return
+    tuner.fn[grid_of(config.kwargs["BM"], config.kwargs.get("BN"))](
+        *args, **constants, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def _rank_block(rank: int) -> int:
@@ -116,8 +129,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 @functools.cache
-def _kernels():
-    """`(up_gelu kernel, up_rms_norm kernel)`, imported on first use: importing Triton takes time, and
-    CPU runs never need it."""
+def _kernel_module():
+    """`fused_kernels`, imported on first use: importing Triton takes time, and CPU runs never need it."""
     from . import fused_kernels
-    return fused_kernels.up_gelu, fused_kernels.up_rms_norm
+    return fused_kernels

@@ -4,9 +4,10 @@ Each output tile is `y` plus `h U^T` (a rank-`R` dot on the tensor cores), then 
 head row, the RMS norm, written once. Register use decides these memory-bound kernels' speed, so
 (checked with `cuobjdump --dump-resource-usage` on sm_86 and sm_90 builds): the rank is a
 compile-time constant and its loop unrolled (a first version, with a runtime loop around the dot,
-took 132-172 registers in the GELU kernel on sm_90, against 47-64 now), a tile's offset is one 64-bit scalar with 32-bit offsets inside it, and a tile that
-divides the problem (EVEN) is loaded without masks. Loads are 128 bits wide where Triton
-specializes the pointers and sizes as multiples of 16 at launch, as Flux's are.
+took 132-172 registers in the GELU kernel on sm_90, against 47-64 now), a tile's offset is one
+64-bit scalar with 32-bit offsets inside it, and a tile that divides the problem (EVEN, for every
+config alike) is loaded without masks. Loads are 128 bits wide where Triton specializes the
+pointers and sizes as multiples of 16 at launch, as Flux's are.
 """
 import os
 
@@ -54,9 +55,13 @@ def _up(h, up, rows_left, columns_left, h_stride, up_stride, acc, RANK: tl.const
     return acc
 
 
-@triton.autotune(configs=_configs(((64, 64, 8), (32, 64, 4), (64, 128, 8))), key=["columns", "RANK"])
-@triton.heuristics({"EVEN": lambda a: a["rows"] % a["BM"] == 0 and a["columns"] % a["BN"] == 0
-                    and a["RANK"] % a["BR"] == 0})
+GELU_SHAPES = ((64, 64, 8), (32, 64, 4), (64, 128, 8))   # (BM, BN, warps); powers of two, so a problem that
+NORM_SHAPES = ((32, 4), (32, 8), (64, 8))                # the largest divides is EVEN for every config
+GELU_EVEN = (max(s[0] for s in GELU_SHAPES), max(s[1] for s in GELU_SHAPES))
+NORM_EVEN = max(s[0] for s in NORM_SHAPES)
+
+
+@triton.autotune(configs=_configs(GELU_SHAPES), key=["columns", "RANK"])
 @triton.jit
 def up_gelu(y, h, up, out, rows, columns, y_stride, h_stride, up_stride, out_stride, gelu_c,
             RANK: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr):
@@ -75,8 +80,7 @@ def up_gelu(y, h, up, out, rows, columns, y_stride, h_stride, up_stride, out_str
            EVEN)
 
 
-@triton.autotune(configs=_configs(((32, 4), (32, 8), (64, 8))), key=["heads", "RANK"])
-@triton.heuristics({"EVEN": lambda a: a["tokens"] % a["BM"] == 0 and a["RANK"] % a["BR"] == 0})
+@triton.autotune(configs=_configs(NORM_SHAPES), key=["heads", "RANK"])
 @triton.jit
 def up_rms_norm(y, h, up, w, out, tokens, heads, y_sb, y_sh, y_sl, h_stride, up_stride, eps,
                 RANK: tl.constexpr, D: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, EVEN: tl.constexpr):

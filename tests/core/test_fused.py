@@ -79,7 +79,9 @@ for dtype in (torch.float32, torch.float16):
         y = full[:, wide - columns:]
         h = (torch.randn(rows, rank, generator=g) * 0.3).to(dtype)
         up = (torch.randn(columns, rank, generator=g) * 0.3).to(dtype)
-        got = fused._triton_up_gelu(y, h, up, *fused._rows_view(y))
+        first = fused._triton_up_gelu(y, h, up, *fused._rows_view(y))   # through the autotuner
+        got = fused._triton_up_gelu(y, h, up, *fused._rows_view(y))     # straight to the config it chose
+        assert torch.equal(first, got)
         ref = fused.up_gelu(y, h, up)
         assert got.shape == y.shape and got.dtype == dtype
         worst[str(dtype)] = max(worst.get(str(dtype), 0.0), float((got.float() - ref.float()).abs().max()))
@@ -89,13 +91,16 @@ for dtype in (torch.float32, torch.float16):
         h = (torch.randn(batch * tokens, rank, generator=g) * 0.3).to(dtype)
         up = (torch.randn(heads * dim, rank, generator=g) * 0.3).to(dtype)
         w = (torch.rand(dim, generator=g) + 0.5).to(dtype)
+        first = fused._triton_up_rms_norm(k, h, up, w, 1e-6)
         got, ref = fused._triton_up_rms_norm(k, h, up, w, 1e-6), fused.up_rms_norm(k, h, up, w, 1e-6)
+        assert torch.equal(first, got)
         assert got.shape == k.shape and got.is_contiguous() and got.dtype == dtype
         key = "norm " + str(dtype)
         worst[key] = max(worst.get(key, 0.0), float((got.float() - ref.float()).abs().max()))
 print(worst)
 assert worst["torch.float32"] < 1e-5 and worst["torch.float16"] < 4e-3, worst
 assert worst["norm torch.float32"] < 1e-5 and worst["norm torch.float16"] < 4e-3, worst
+assert len(fused._TUNED) == 12, fused._TUNED   # each kernel, dtype and shape tuned once
 """
 
 
@@ -118,7 +123,7 @@ def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int, 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    jit = kernel.fn.fn   # autotuner -> heuristics -> jit function
+    jit = kernel.fn   # autotuner -> jit function
     floats, pointers = ("eps", "gelu_c"), ("y", "h", "up", "w", "out")
     signature = {p.name: "constexpr" if p.is_constexpr else "*bf16" if p.name in pointers else
                  "fp32" if p.name in floats else "i32" for p in jit.params}
@@ -151,5 +156,5 @@ def test_kernels_build_for_the_gpus_users_have_without_spilling(arch, even):
     for kernel, constants in ((fused_kernels.up_gelu, {"RANK": 64, "BR": 64}),
                               (fused_kernels.up_rms_norm, {"RANK": 64, "BR": 64, "D": 128})):
         for config, registers, stack, wide_loads in resources(kernel, arch, {**constants, "EVEN": even}):
-            assert stack == 0 and registers <= 128 and wide_loads > 0, (kernel.fn.fn.__name__, config, registers,
+            assert stack == 0 and registers <= 128 and wide_loads > 0, (kernel.fn.__name__, config, registers,
                                                                         stack, wide_loads)
