@@ -2,8 +2,8 @@
 # GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
 # layer: layer_bench.py --fused), `main` (rows b, c, d, their -fused twins, c'; the extraction timed 3
 # times), `subjects` (4 subjects: b, c, d, c-fused, d-fused), `profile` (GPU kernel time of 8 steps:
-# merged, masked, masked with the terms in the GELU and q/k norm), `pairs` (b, c, c-fused, d, d-fused
-# timed in turn, 3 rounds). Results go to OUT_DIR; copy them
+# merged, masked, masked with the terms in the GELU and q/k norm), `pairs` (b, then c, c-fused, d,
+# d-fused timed in turn, 3 rounds). Results go to OUT_DIR; copy them
 # to docs/bench/, then run `python3 bench/report.py`.
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
 # (layers, main and subjects when none is named; before the -fused rows, `main` alone took 210 to

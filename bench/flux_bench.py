@@ -520,30 +520,31 @@ def profile_run(run):
     wall = time.perf_counter() - start
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if DEVICE.type == "cuda"
                                       else "self_cpu_time_total", row_limit=18, max_name_column_width=48)
-    return wall, sum(e.self_device_time_total for e in prof.key_averages()) / 1e6, table
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]   # not the ops too
+    return wall, sum(e.self_device_time_total for e in kernels) / 1e6, table
 
 
 def pairs_part(bench: Bench):
-    """b, c, c-fused, d, d-fused timed in turn, --repeats rounds after one warm-up round: row-to-row drift
-    on one machine lands on every row alike. Medians and minimums per row, and each over b's."""
+    """c, c-fused, d, d-fused timed in turn, --repeats rounds after one warm-up round, so drift on one
+    machine lands on every row alike; b before them as a block (switching between the merged model and
+    the FreeFuse one reloads weights: 30 s runs). Medians and minimums per row, and each over b's."""
     names = bench.loras(ARGS.rank, 2)
     setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
     merged = bench.merged(names)
+    bench.stock(merged, setup)
+    times = {"b": [timed(lambda: bench.stock(merged, setup))[0] for _ in range(ARGS.repeats)]}
     plain, fused = contextlib.nullcontext, fused_consumers
-    rows = {"b": (lambda: bench.stock(merged, setup), plain),
-            "c": (lambda: bench.freefuse(setup, "continue"), plain),
-            "c-fused": (lambda: bench.freefuse(setup, "continue"), fused),
-            "d": (lambda: bench.freefuse(setup, "restart"), plain),
-            "d-fused": (lambda: bench.freefuse(setup, "restart"), fused)}
-    times = {name: [] for name in rows}
+    rows = {"c": ("continue", plain), "c-fused": ("continue", fused), "d": ("restart", plain),
+            "d-fused": ("restart", fused)}
+    times.update({name: [] for name in rows})
     for round_ in range(ARGS.repeats + 1):
-        for name, (run, context) in rows.items():
+        for name, (mode, context) in rows.items():
             with context():
-                seconds = timed(run)[0]
+                seconds = timed(lambda: bench.freefuse(setup, mode))[0]
             if round_:
                 times[name].append(seconds)
         if round_:
-            note(f"round {round_}: " + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
+            note(f"round {round_}: " + ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items() if n != "b"))
     out = {name: {"seconds": t, "median": statistics.median(t), "min": min(t)} for name, t in times.items()}
     for name, row in out.items():
         row["median_over_b"] = row["median"] / out["b"]["median"]

@@ -253,7 +253,7 @@ def fused_variants(args, device):
               + " | error over the term's effect: " + ", ".join(f"{n} {e:.1e}" for n, e in err.items()))
     base = totals["base + op"]
     print("fused per step (these layers and ops only): base + op %.1f ms; " % base + ", ".join(
-        f"{n} +{100 * (t / base - 1):.1f} %" for n, t in totals.items() if n != "base + op"))
+        f"{n} {100 * (t / base - 1):+.1f} %" for n, t in totals.items() if n != "base + op"))
     host_times(args, device)
 
 
