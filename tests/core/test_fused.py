@@ -135,10 +135,11 @@ def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int, 
         built = triton.compile(ASTSource(jit, signature, constexprs={**constants, **config.kwargs}, attrs=aligned),
                                target=GPUTarget("cuda", arch, 32),
                                options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-        cubin = Path(tempfile.mkdtemp()) / "kernel.cubin"
-        cubin.write_bytes(built.asm["cubin"])
-        usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
-                               text=True, check=True).stdout
+        with tempfile.TemporaryDirectory() as folder:
+            cubin = Path(folder) / "kernel.cubin"
+            cubin.write_bytes(built.asm["cubin"])
+            usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(cubin)],
+                                   capture_output=True, text=True, check=True).stdout
         registers, stack = (int(re.search(rf"{key}:(\d+)", usage).group(1)) for key in ("REG", "STACK"))
         found.append((config.kwargs, registers, stack, len(re.findall(r"ld\.global(\.\w+)*\.v4", built.asm["ptx"]))))
     return found
