@@ -405,6 +405,16 @@ def main() -> None:
     (DOCS / "benchmarks.md").write_text("\n".join(lines) + "\n")
 
 
+def _span(values: list[float], unit: str = " %") -> str:
+    low, high = min(values), max(values)
+    fmt = "{:+.1f}" if unit == " %" else "{:.0f}"
+    return f"{fmt.format(low)}{unit} to {fmt.format(high)}{unit}"
+
+
+def _deltas(runs: list[dict], row: str) -> str:
+    return " and ".join(f"{over_b(run, row + '-fused') - over_b(run, row):+.3f}" for run in runs)
+
+
 def layer_lines(name: str, prefix: str) -> list[str]:
     return [line for line in (RESULTS / name).read_text().splitlines() if line.startswith(prefix)]
 
@@ -430,8 +440,8 @@ def fused_section() -> list[str]:
         "written once more by an `addmm_`. It is off by default (`injection.FUSED_DEVICES` is empty): the runs "
         "below did not make the whole run faster. The kernels are checked in Triton's CPU interpreter (float32, "
         "float16) and built for sm_86 and sm_90 without a GPU, where every autotune config must use at most 128 "
-        "registers, spill none and load 128 bits at a time (`tests/core/test_fused.py`: a first version with a "
-        "runtime loop over the rank took up to 172).",
+        "registers, spill none and load 128 bits at a time (`tests/core/test_fused.py`; the rank loop is unrolled "
+        "at compile time, as that check needs).",
         f"- **SLIC beside step k with a short thread switch interval** (`quick_gil_handoff`, 50 us, on by default). "
         f"skimage's SLIC waits for the GIL many times, and a main thread running Python without pause keeps it for "
         f"Python's 5 ms switch interval. On this repository's CPU machine (`python3 bench/slic_bench.py "
@@ -450,6 +460,14 @@ def fused_section() -> list[str]:
     per_step = {name: layer_lines(name, "fused per step") for name in
                 ("fused_layers_first.txt", "fused_layers_second.txt", "fused_layers.txt")}
     hosts = layer_lines("fused_layers.txt", "host ")
+    in_layer, in_op = ([float(re.search(rf"{label} \+?(-?[\d.]+) %", text[0]).group(1))   # old files print +-2.5
+                        for text in per_step.values()] for label in ("term in the layer", "term in the op"))
+    host_us = {line.split("  ")[0]: float(re.search(r"([\d.]+) us a launch", line).group(1)) for line in hosts}
+    host_triton = [us for name, us in host_us.items() if "Triton" in name]
+    host_torch = [us for name, us in host_us.items() if "torch" in name and "addmm" not in name]
+    runs = [run for _, _, run in rows]
+    first_log = (RESULTS / "main_fused_first_log.txt").read_text().splitlines()
+    d_runs = next(line.split("] d: ")[1] for line in first_log if re.search(r"\] d: [\d.]+ s,", line))
     lines += [
         "",
         "Per layer and op (`python3 bench/layer_bench.py --fused`, % over the base layer + its op), three calls:",
@@ -463,13 +481,13 @@ def fused_section() -> list[str]:
         "time' counted torch ops twice (the op and its kernel) and Triton kernels once; `flux_bench.py` now sums "
         "kernel rows only.",
         "",
-        "What this says: in isolation the fused terms take the LoRA term of these layers from about +22 % to "
-        "about 0 % of their time (one of three calls: +14 %), but whole runs barely move: c-fused against c is "
-        "-0.013 and +0.021 in the two calls, d-fused against d -0.103 and -0.038, within the row-to-row spread of "
-        "one process (d's two runs in the first call: 7.49 and 8.47 s). A Triton launch costs 35-43 us of host "
-        "time against 11-20 us for the torch op it replaces (the `host` lines), and the masked layers already "
-        "make several launches each; the likeliest bound of the masked run is the host's Python work per layer, "
-        "not the GPU. The -fused rows stay off.",
+        f"What this says: in isolation the fused terms take the LoRA term of these layers from "
+        f"{_span(in_layer)} of their time down to {_span(in_op)} (three calls), but whole runs barely move: c-fused "
+        f"against c is {_deltas(runs, 'c')} in the two calls, d-fused against d {_deltas(runs, 'd')}, within the "
+        f"row-to-row spread of one process (d's two runs in the first call: {d_runs}). A Triton launch costs "
+        f"{_span(host_triton, ' us')} of host time against {_span(host_torch, ' us')} for the torch ops it replaces "
+        "(the `host` lines), and the masked layers already make several launches each; the likeliest bound of "
+        "the masked run is the host's Python work per layer, not the GPU. The -fused rows stay off.",
     ]
     return lines
 

@@ -78,8 +78,7 @@ def _rows_view(y: torch.Tensor):
 def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: int, y_stride: int) -> torch.Tensor:
     columns, rank = up.shape
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
-    h = h if h.stride(-1) == 1 else h.contiguous()
-    up = up if up.stride(-1) == 1 else up.contiguous()
+    h, up = _rows_contiguous(h), _rows_contiguous(up)
     block_r, (even_m, even_n) = _rank_block(rank), _kernel_module().GELU_EVEN
     _launch(0, (columns, rank, y.dtype), lambda bm, bn: (_cdiv(rows, bm) * _cdiv(columns, bn),),
             (y, h, up, out, rows, columns, y_stride, h.stride(0), up.stride(0), columns, GELU_C),
@@ -90,8 +89,7 @@ def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: in
 def _triton_up_rms_norm(y, h, up, weight, eps):
     batch, heads, tokens, dim = y.shape
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
-    h = h if h.stride(-1) == 1 else h.contiguous()
-    up = up if up.stride(-1) == 1 else up.contiguous()
+    h, up = _rows_contiguous(h), _rows_contiguous(up)
     weight = torch.ones(dim, device=y.device, dtype=y.dtype) if weight is None else weight.contiguous()
     rank = up.shape[1]
     block_r = _rank_block(rank)
@@ -116,6 +114,11 @@ def _launch(index: int, key: tuple, grid_of, args: tuple, constants: dict) -> No
         return
     tuner.fn[grid_of(config.kwargs["BM"], config.kwargs.get("BN"))](
         *args, **constants, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """`t` where its rows are already unit-stride (a column slice is fine), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _rank_block(rank: int) -> int:

@@ -3,11 +3,10 @@
 Each output tile is `y` plus `h U^T` (a rank-`R` dot on the tensor cores), then the GELU or, per
 head row, the RMS norm, written once. Register use decides these memory-bound kernels' speed, so
 (checked with `cuobjdump --dump-resource-usage` on sm_86 and sm_90 builds): the rank is a
-compile-time constant and its loop unrolled (a first version, with a runtime loop around the dot,
-took 132-172 registers in the GELU kernel on sm_90, against 47-64 now), a tile's offset is one
-64-bit scalar with 32-bit offsets inside it, and a tile that divides the problem (EVEN, for every
-config alike) is loaded without masks. Loads are 128 bits wide where Triton specializes the
-pointers and sizes as multiples of 16 at launch, as Flux's are.
+compile-time constant and its loop unrolled (a runtime loop around the dot multiplies the
+registers), a tile's offset is one 64-bit scalar with 32-bit offsets inside it, and a tile that
+divides the problem (EVEN, for every config alike) is loaded without masks. Loads are 128 bits
+wide where Triton specializes the pointers and sizes as multiples of 16 at launch, as Flux's are.
 """
 import os
 

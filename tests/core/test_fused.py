@@ -150,8 +150,7 @@ def resources(kernel, arch: int, constants: dict) -> list[tuple[dict, int, int, 
 def test_kernels_build_for_the_gpus_users_have_without_spilling(arch, even):
     """Built for sm_86 (RTX 30xx) and sm_90 (H100/H200), every autotune config, masked and not: 128-bit
     loads, no register spills and at most 128 registers a thread (two 8-warp programs fit an SM). The
-    kernels are memory-bound, so this is what keeps them near the speed of the GELU or norm alone; a
-    first version, with a runtime loop over the rank, took up to 172."""
+    kernels are memory-bound, so this is what keeps them near the speed of the GELU or norm alone."""
     from freefuse_core import fused_kernels
 
     for kernel, constants in ((fused_kernels.up_gelu, {"RANK": 64, "BR": 64}),

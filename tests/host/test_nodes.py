@@ -406,7 +406,8 @@ def test_a_held_term_that_no_consumer_takes_is_an_error(pack):
         with injection.CallScope(injection.CallMasks()):
             injection.ACTIVE.get().held[hold.consumer] = held
     assert injection.ACTIVE.get() is None
-    assert held.checked(y[..., 4:], 0) is not None
+    mlp = y[..., 4:]
+    assert held.checked(mlp, 0) is mlp
     with pytest.raises(RuntimeError, match="other than that layer's columns 4..8"):
         held.checked(y[..., 4:].clone(), 0)
     qk = injection._Hold("double_blocks.0.img_attn.qkv", "qk_norm", None, ((0, 4), (4, 8)), heads=2)
