@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
-# layer: layer_bench.py --fused), `main` (rows b, c, d, their -fused twins, c'; the extraction timed 3
-# times), `subjects` (4 subjects: b, c, d, c-fused, d-fused), `profile` (GPU kernel time of 8 steps:
-# merged, masked, masked with the terms in the GELU and q/k norm), `pairs` (b, then c, c-fused, d,
-# d-fused timed in turn, 3 rounds). Results go to OUT_DIR; copy them
-# to docs/bench/, then run `python3 bench/report.py`.
-#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
+# layer: layer_bench.py --fused), `main` (rows b, c, d, c', and c-unfused, d-unfused with every term in
+# its layer; the extraction timed 3 times), `subjects` (4 subjects: b, c, d), `profile` (GPU kernel time
+# of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused, d, d-unfused timed in turn,
+# 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel time at 1024 px, cProfile at
+# 128 px: host- or GPU-bound?). Results go to OUT_DIR; copy them to docs/bench/, then run
+# `python3 bench/report.py`.
+#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host]
 # (layers, main and subjects when none is named; before the -fused rows, `main` alone took 210 to
 # 260 s on an H200)
 set -uo pipefail
-out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]}
+out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
@@ -28,9 +29,12 @@ for part in $parts; do
     pairs) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part pairs --repeats 3 \
              > "$out/pairs_stdout.txt" 2> >(log pairs_log.txt)
            grep "round" "$out/pairs_log.txt" ;;
+    host) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part host \
+            > "$out/host_stdout.txt" 2> >(log host_log.txt)
+          grep " px: " "$out/host_log.txt" ;;
     profile) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part profile \
                > "$out/profile.txt" 2> >(log profile_log.txt)
              grep "^== " "$out/profile.txt" ;;
-    *) echo "unknown part '$part': use layers, main, subjects, profile or pairs" >&2; exit 2 ;;
+    *) echo "unknown part '$part': use layers, main, subjects, profile, pairs or host" >&2; exit 2 ;;
   esac
 done

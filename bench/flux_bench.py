@@ -7,9 +7,10 @@ conditioning of the real shapes (512 T5 tokens x 4096, pooled 768), euler/simple
 
 Rows (after a warm-up of each): a no LoRA; b stock LoRA loader (merged); c FreeFuse continue;
 d FreeFuse restart (default); e ComfyUI core hooks (Create Hook LoRA + masked conditioning,
-the same LoRAs confined to the same masks); on CUDA with Triton, c-fused and d-fused: c and d with
-the LoRA terms of the MLP-in and q, k columns added inside the GELU or q/k norm after their layer
-(`freefuse_core.up_gelu`, `up_rms_norm`). Prints a table and the headline ratios last, and writes
+the same LoRAs confined to the same masks). On CUDA with Triton, c and d add the LoRA terms of the
+MLP-in and q, k columns inside the GELU or q/k norm after their layer (`freefuse_core.up_gelu`,
+`up_rms_norm`), the pack's default there; c-unfused and d-unfused are c and d with every term added
+in its layer (the path without Triton). Prints a table and the headline ratios last, and writes
 JSON under --out.
 
     python3 bench/flux_bench.py --comfyui PATH --out DIR [--part main|scaling]
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import platform
@@ -35,7 +37,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--comfyui", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls", "pairs"])
+    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls", "pairs", "host"])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
@@ -309,14 +311,26 @@ class StageTimer:
 
 
 @contextlib.contextmanager
-def fused_consumers():
-    """Inside: the LoRA terms of MLP-in and q, k columns are added by the GELU or q/k norm after their
-    layer (`freefuse_core.up_gelu`, `up_rms_norm`)."""
-    glue.injection.FUSED_DEVICES = frozenset({"cuda"})
+def unfused():
+    """Inside: every LoRA term added in its own layer, as without Triton; a FreeFuse model loaded inside
+    packs each fused layer's up projections into one matmul."""
+    saved = glue.injection.FUSED_DEVICES
+    glue.injection.FUSED_DEVICES = frozenset()
     try:
         yield
     finally:
-        glue.injection.FUSED_DEVICES = frozenset()
+        glue.injection.FUSED_DEVICES = saved
+
+
+def fuses() -> bool:
+    """Whether the default path here adds terms in the GELU and q/k norm (so an unfused row differs)."""
+    return DEVICE.type in glue.injection.FUSED_DEVICES
+
+
+def unfused_setup(bench: Bench, names, setup):
+    """`setup` over a FreeFuse model of the same LoRAs loaded without the fused layout."""
+    with unfused():
+        return dataclasses.replace(setup, model=bench.freefuse_model(names))
 
 
 def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:
@@ -337,25 +351,26 @@ def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:
     return 1000 * statistics.median(times)
 
 
-def fused_rows(bench: Bench, setup, rows: dict, todo: str, repeats: int) -> float | None:
-    """Rows c-fused and d-fused; returns the latents' max |difference| of continue with and without."""
-    in_layer_diff = None
+def unfused_rows(bench: Bench, names, setup, rows: dict, todo: str, repeats: int) -> float | None:
+    """Rows c-unfused and d-unfused; returns the latents' max |difference| of continue, default against
+    unfused, on the same masks."""
+    plain = unfused_setup(bench, names, setup)
+    diff = None
     if "c" in todo:   # the same masks both ways: an extraction's vote could flip on a rounding difference
         masks = bench.freefuse(setup, "continue")[1]
-        in_layer = glue.masked.sample_masked(masks, "continue")["samples"]
-        with fused_consumers():
-            in_op = glue.masked.sample_masked(masks, "continue")["samples"]
-        in_layer_diff = float((in_op.float() - in_layer.float()).abs().max())
-        note(f"continue, terms in the GELU and q/k norm vs in the layer: max |diff| of the latents "
-             f"{in_layer_diff} (latents' max |value| {float(in_layer.abs().max()):.3f})")
-        with fused_consumers():
-            rows["c-fused continue, terms in the GELU and q/k norm (Triton)"] = measure(
-                lambda: bench.freefuse(setup, "continue"), repeats, "c-fused")
+        default = glue.masked.sample_masked(masks, "continue")["samples"]
+        with unfused():
+            in_layer = glue.masked.sample_masked(dataclasses.replace(masks, setup=plain), "continue")["samples"]
+            rows["c-unfused continue, every term in its layer"] = measure(
+                lambda: bench.freefuse(plain, "continue"), repeats, "c-unfused")
+        diff = float((default.float() - in_layer.float()).abs().max())
+        note(f"continue, default (terms in the GELU and q/k norm) vs unfused: max |diff| of the latents {diff} "
+             f"(latents' max |value| {float(in_layer.abs().max()):.3f})")
     if "d" in todo:
-        with fused_consumers():
-            rows["d-fused restart, terms in the GELU and q/k norm (Triton)"] = measure(
-                lambda: bench.freefuse(setup, "restart"), repeats, "d-fused")
-    return in_layer_diff
+        with unfused():
+            rows["d-unfused restart, every term in its layer"] = measure(
+                lambda: bench.freefuse(plain, "restart"), repeats, "d-unfused")
+    return diff
 
 
 def main_part(bench: Bench):
@@ -396,13 +411,13 @@ def main_part(bench: Bench):
             glue.injection.STAGED_DEVICES = staged_devices
             mm.unload_all_models()
             injection_of(ours).cast.clear()
-    in_layer_diff = fused_error = None
-    if core.fused.HAS_TRITON and DEVICE.type == "cuda":   # c and d with terms added in the op after the layer
+    unfused_diff = unfused_error = None
+    if fuses():   # c and d with every term added in its layer
         try:
-            in_layer_diff = fused_rows(bench, setup, rows, todo, repeats)
-        except Exception as error:   # a kernel that fails to build must not cost the call its other rows
-            fused_error = f"{type(error).__name__}: {error}"
-            note(f"the -fused rows failed: {fused_error}")
+            unfused_diff = unfused_rows(bench, names, setup, rows, todo, repeats)
+        except Exception as error:   # as for any row: it must not cost the call the others
+            unfused_error = f"{type(error).__name__}: {error}"
+            note(f"the -unfused rows failed: {unfused_error}")
     stage_times = {}
     for px in (256, 128):
         with StageTimer(bench.vae) as stages:
@@ -431,15 +446,14 @@ def main_part(bench: Bench):
         "lora_gib": lora_gib(ours),
         "lora_gib_on_gpu_resident": resident_gib,
         "prefetched_vs_resident_max_abs_diff": parity,
-        "terms_in_consumer_vs_in_layer_max_abs_diff": in_layer_diff,
-        "fused_rows_error": fused_error,
+        "default_vs_unfused_max_abs_diff": unfused_diff,
+        "unfused_rows_error": unfused_error,
         "extraction_over_first_k_steps_seconds": added,
     }
 
 
 def subjects_part(bench: Bench):
-    """b, c, d (and on CUDA c-fused, d-fused) with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each
-    region is one more pass)."""
+    """b, c, d with 2-4 subjects at --size; e with 2-4 subjects at 512 px (each region is one more pass)."""
     out = {}
     for subjects in (int(n) for n in ARGS.subjects.split(",")):
         names = bench.loras(ARGS.rank, subjects)
@@ -450,14 +464,6 @@ def subjects_part(bench: Bench):
             row["b"] = measure(lambda: bench.stock(merged, setup), 1, f"b {subjects}")
             row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
             row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
-            if core.fused.HAS_TRITON and DEVICE.type == "cuda":
-                try:
-                    with fused_consumers():
-                        row["c-fused"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c-fused {subjects}")
-                        row["d-fused"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d-fused {subjects}")
-                except Exception as error:   # as in the main part: keep the other rows
-                    row["fused_error"] = f"{type(error).__name__}: {error}"
-                    note(f"the -fused rows failed: {row['fused_error']}")
         if "e" not in ARGS.rows:
             continue
         small = bench.setup(setup.model, subjects, 512, ARGS.steps)
@@ -488,19 +494,21 @@ def sizes_part(bench: Bench):
 
 
 def profile_part(bench: Bench):
-    """torch.profiler over 8 steps of the merged model (b) and the masked model (c's stage 2), and on CUDA
-    with Triton the masked model with the terms in the GELU and q/k norm."""
+    """torch.profiler over 8 steps of the merged model (b) and the masked model (c's stage 2), and where
+    the default fuses, the masked model with every term in its layer."""
     names = bench.loras(ARGS.rank, 2)
     setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, 8)
     masks = glue.sampling.extract(setup, bench.vae, 6, 1 if ARGS.small else 16, True, 1.0, "vae")
     out = {}
-    models = [("b merged", bench.merged(names), False), ("c masked", glue.masked.masked_model(masks), False)]
-    if core.fused.HAS_TRITON and DEVICE.type == "cuda":
-        models.append(("c-fused masked, terms in the GELU and q/k norm", models[1][1], True))
-    for name, model, fused in models:
+    models = [("b merged", bench.merged(names), contextlib.nullcontext),
+              ("c masked", glue.masked.masked_model(masks), contextlib.nullcontext)]
+    if fuses():
+        plain = dataclasses.replace(masks, setup=unfused_setup(bench, names, setup))
+        models.append(("c-unfused masked, every term in its layer", glue.masked.masked_model(plain), unfused))
+    for name, model, context in models:
         run = lambda: nodes.common_ksampler(model, 0, 8, 1.0, "euler", "simple", setup.positive,  # noqa: E731
                                             setup.positive, setup.latent)
-        with fused_consumers() if fused else contextlib.nullcontext():
+        with context():
             profiled = profile_run(run)
         out[name] = {"wall_s": profiled[0], "gpu_busy_s": profiled[1]}
         print(f"== {name}: wall {profiled[0]:.3f} s (profiled), GPU kernel time {profiled[1]:.3f} s\n{profiled[2]}")
@@ -519,13 +527,13 @@ def profile_run(run):
         sync()
     wall = time.perf_counter() - start
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if DEVICE.type == "cuda"
-                                      else "self_cpu_time_total", row_limit=18, max_name_column_width=48)
+                                      else "self_cpu_time_total", row_limit=30, max_name_column_width=64)
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]   # not the ops too
     return wall, sum(e.self_device_time_total for e in kernels) / 1e6, table
 
 
 def pairs_part(bench: Bench):
-    """c, c-fused, d, d-fused timed in turn, --repeats rounds after one warm-up round, so drift on one
+    """c, c-unfused, d, d-unfused timed in turn, --repeats rounds after one warm-up round, so drift on one
     machine lands on every row alike; b before them as a block (switching between the merged model and
     the FreeFuse one reloads weights: 30 s runs). Medians and minimums per row, and each over b's."""
     names = bench.loras(ARGS.rank, 2)
@@ -533,14 +541,15 @@ def pairs_part(bench: Bench):
     merged = bench.merged(names)
     bench.stock(merged, setup)
     times = {"b": [timed(lambda: bench.stock(merged, setup))[0] for _ in range(ARGS.repeats)]}
-    plain, fused = contextlib.nullcontext, fused_consumers
-    rows = {"c": ("continue", plain), "c-fused": ("continue", fused), "d": ("restart", plain),
-            "d-fused": ("restart", fused)}
+    plain = unfused_setup(bench, names, setup)
+    default = (setup, contextlib.nullcontext)
+    rows = {"c": ("continue", *default), "c-unfused": ("continue", plain, unfused), "d": ("restart", *default),
+            "d-unfused": ("restart", plain, unfused)}
     times.update({name: [] for name in rows})
     for round_ in range(ARGS.repeats + 1):
-        for name, (mode, context) in rows.items():
+        for name, (mode, row_setup, context) in rows.items():
             with context():
-                seconds = timed(lambda: bench.freefuse(setup, mode))[0]
+                seconds = timed(lambda: bench.freefuse(row_setup, mode))[0]
             if round_:
                 times[name].append(seconds)
         if round_:
@@ -549,6 +558,51 @@ def pairs_part(bench: Bench):
     for name, row in out.items():
         row["median_over_b"] = row["median"] / out["b"]["median"]
         row["min_over_b"] = row["min"] / out["b"]["min"]
+    return out
+
+
+def host_part(bench: Bench):
+    """Is the masked sampler bound by the GPU or by the host's Python? 8 steps of b (merged), c's masked
+    model and, where the default fuses, c-unfused's, at --size and at 128 px (64 image tokens: the GPU's
+    work is about the weights' read, so a step's wall time is about its host time); at --size also the GPU
+    kernel time under torch.profiler (its kernel table in host_kernels_*.txt); cProfile of the masked
+    models' 8 steps at 128 px (host_calls_*.txt)."""
+    import cProfile
+    import io
+    import pstats
+    names = bench.loras(ARGS.rank, 2)
+    ours, merged = bench.freefuse_model(names), bench.merged(names)
+    out, runs = {}, []
+    for size in (128, ARGS.size):
+        setup = bench.setup(ours, 2, size, 8)
+        masks = glue.sampling.extract(setup, bench.vae, 6, 1 if ARGS.small else 16, True, 1.0, "vae")
+        runs.append(("b", size, merged, setup, contextlib.nullcontext))
+        runs.append(("c", size, glue.masked.masked_model(masks), setup, contextlib.nullcontext))
+        if fuses():
+            plain = dataclasses.replace(masks, setup=unfused_setup(bench, names, setup))
+            runs.append(("c-unfused", size, glue.masked.masked_model(plain), setup, unfused))
+    for name, size, model, setup, context in sorted(runs, key=lambda run: run[0] != "b"):   # b's weights once
+        def run():
+            return nodes.common_ksampler(model, 0, 8, 1.0, "euler", "simple", setup.positive, setup.positive,
+                                         setup.latent)
+        with context():
+            run()
+            walls = [timed(run)[0] for _ in range(3)]
+            row = out.setdefault(name, {})[size] = {"step_ms": 1000 * statistics.median(walls) / 8}
+            if size == ARGS.size:
+                wall, busy, table = profile_run(run)
+                row.update(profiled_step_ms=1000 * wall / 8, gpu_kernel_step_ms=1000 * busy / 8)
+                (Path(ARGS.out) / f"host_kernels_{name}.txt").write_text(table)
+            if size == 128 and name != "b":
+                profiler = cProfile.Profile()
+                profiler.enable()
+                run()
+                sync()
+                profiler.disable()
+                text = io.StringIO()
+                pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+                (Path(ARGS.out) / f"host_calls_{name}.txt").write_text(text.getvalue())
+        note(f"{name} at {size} px: {row}")
     return out
 
 
@@ -601,9 +655,9 @@ def main():
         print(f"LoRA tensors: {result['lora_gib']}; all resident on the GPU: {result['lora_gib_on_gpu_resident']} "
               f"GiB; prefetched vs resident latents max |diff| {result['prefetched_vs_resident_max_abs_diff']}")
         print(f"kernel {result['kernel']}; host time of a 13 MiB pinned copy: {result['host_side_copy_ms_13mib']} ms")
-        print(f"terms in the GELU and q/k norm vs in the layer: latents max |diff| "
-              f"{result['terms_in_consumer_vs_in_layer_max_abs_diff']}; error of the -fused rows: "
-              f"{result['fused_rows_error']}")
+        print(f"default (terms in the GELU and q/k norm) vs every term in its layer: latents max |diff| "
+              f"{result['default_vs_unfused_max_abs_diff']}; error of the -unfused rows: "
+              f"{result['unfused_rows_error']}")
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
         rows = result["rows"]
@@ -613,7 +667,7 @@ def main():
             print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
         parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part, "calls": calls_part,
-                 "pairs": pairs_part}
+                 "pairs": pairs_part, "host": host_part}
         result = parts[ARGS.part](bench)
         (out / f"{ARGS.part}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))

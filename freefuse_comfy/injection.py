@@ -16,10 +16,13 @@ embedders: no token axis, one factor per image). Per model evaluation a `CallMas
 variable by a diffusion-model wrapper and reset when the evaluation ends; with none set, every
 LoRA acts unmasked (an ordinary LoRA run).
 
-On FUSED_DEVICES (none until timed on a GPU) a layer whose MLP or q/k columns feed only a GELU or
-Flux's q/k norm leaves those columns' terms out and holds them in the evaluation's `CallMasks`;
+On FUSED_DEVICES (CUDA, where Triton is installed) a layer whose MLP or q/k columns feed only a GELU
+or Flux's q/k norm leaves those columns' terms out and holds them in the evaluation's `CallMasks`;
 the GELU or norm, replaced in the same lifecycle, adds them in its own pass (`_Hold`). A held term
-that its consumer does not take, or a consumer that gets another tensor, is an error.
+that its consumer does not take, or a consumer that gets another tensor, is an error. Whether those
+columns keep their own up matrix, or join the layer's other columns in one packed up projection
+(`MaskedLowRank`'s `held`), is fixed when the LoRAs are loaded: kept apart while FUSED_DEVICES names
+any device.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..freefuse_core import MaskedLowRank, Prefetcher, up_gelu, up_rms_norm
+from ..freefuse_core import HAS_TRITON, MaskedLowRank, Prefetcher, up_gelu, up_rms_norm
 from .host import PatcherInjection, comfy_ops, comfy_utils, flux_layers
 from .loras import FreeFuseLora
 
@@ -38,9 +41,8 @@ INJECTION_KEY = "freefuse"
 ATTACHMENT_KEY = "freefuse_loras"
 STAGED_DEVICES = frozenset({"cuda"})   # device types whose LoRA terms are prefetched, not resident
 # Device types where the LoRA terms of MLP-in and q/k columns join the GELU or norm after the layer
-# (`_Hold`). Empty until the Triton path has been timed on a GPU: `bench/flux_bench.py` turns it on
-# for its rows c-fused and d-fused.
-FUSED_DEVICES: frozenset[str] = frozenset()
+# (`_Hold`); `bench/flux_bench.py` turns it off at run time for its rows c-unfused and d-unfused.
+FUSED_DEVICES: frozenset[str] = frozenset({"cuda"} if HAS_TRITON else ())
 POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
 
 
@@ -93,14 +95,19 @@ class CallScope:
 
 
 def _layers(loras: tuple[FreeFuseLora, ...], diffusion_model) -> dict[str, tuple[str, MaskedLowRank]]:
-    """Per layer path: its stream and one MaskedLowRank holding every LoRA's terms there."""
+    """Per layer path: its stream and one MaskedLowRank holding every LoRA's terms there (the columns an
+    op after the layer may take kept apart while FUSED_DEVICES names any device)."""
     terms: dict[str, list] = {}
     for column, lora in enumerate(loras):
         for part in lora.parts:
             terms.setdefault(part.module, []).append(part.term(column))
-    return {path: (stream_of(path),
-                   MaskedLowRank(ts, comfy_utils.get_attr(diffusion_model, path).weight.shape[0]))
-            for path, ts in terms.items()}
+    layers = {}
+    for path, ts in terms.items():
+        stream = stream_of(path)
+        holds = _holds_after(diffusion_model, path) if FUSED_DEVICES and stream != "pooled" else ()
+        out_features = comfy_utils.get_attr(diffusion_model, path).weight.shape[0]
+        layers[path] = stream, MaskedLowRank(ts, out_features, [c for hold in holds for c in hold.columns])
+    return layers
 
 
 class LoraInjection:
@@ -196,10 +203,14 @@ class _Held:
     def checked(self, part: torch.Tensor, index: int) -> torch.Tensor:
         """`part`, after checking it is the view of `y`'s columns `index` that the consumer should get."""
         start, stop = self.hold.columns[index]
-        expected = self.y[..., start:stop]
-        if self.hold.kind == "qk_norm":
-            expected = expected.unflatten(-1, (self.hold.heads, -1)).transpose(1, 2)
-        if part.data_ptr() != expected.data_ptr() or part.shape != expected.shape or part.stride() != expected.stride():
+        y = self.y
+        shape, strides = (*y.shape[:-1], stop - start), y.stride()
+        if self.hold.kind == "qk_norm":   # `[B, L, H * D]` columns as `[B, H, L, D]`
+            heads = self.hold.heads
+            dim = (stop - start) // heads
+            shape, strides = (shape[0], heads, shape[1], dim), (strides[0], dim, strides[1], 1)
+        if part.data_ptr() != y.data_ptr() + start * y.element_size() or tuple(part.shape) != shape \
+                or part.stride() != strides:
             raise RuntimeError(f"FreeFuse: the {self.hold.kind} after '{self.hold.path}' got a tensor other than that "
                                f"layer's columns {start}..{stop}. This ComfyUI's Flux blocks differ from the ones "
                                "FreeFuse knows; please report it.")
@@ -242,11 +253,12 @@ def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
         mask = None if call is None else getattr(call, stream)
         memo = None if mask is None else call.memos.setdefault(stream, {})
         fast = cast(y.device, y.dtype)
+        x = x if x.dtype == y.dtype else x.to(y.dtype)
         if stream == "pooled" and mask is not None:
-            return fast.add_to(y.unsqueeze(1), x.to(y.dtype).unsqueeze(1), mask, memo).squeeze(1)
+            return fast.add_to(y.unsqueeze(1), x.unsqueeze(1), mask, memo).squeeze(1)
         if not holds or call is None or y.device.type not in FUSED_DEVICES:
-            return fast.add_to(y, x.to(y.dtype), mask, memo)
-        y, terms = fast.add_to_holding(y, x.to(y.dtype), mask, memo, held_columns)
+            return fast.add_to(y, x, mask, memo)
+        y, terms = fast.add_to_holding(y, x, mask, memo, held_columns)
         for hold in holds:
             mine, terms = terms[:len(hold.columns)], terms[len(hold.columns):]
             if any(term is not None for term in mine):

@@ -3,12 +3,19 @@
 `y = W x + sum_l s_l F_l(token) B_l A_l x`. Since `F_l` is one scalar per token,
 `F_l (B_l A_l x) = B_l (F_l A_l x)`: the mask multiplies the rank-sized intermediate.
 Fast path: every LoRA's `A` stacked into one `[R, in]` matrix (one matmul), the mask gathered to
-`[.., R]` by each rank row's subject, then one matmul per output slice with the stacked `s B`.
-Slices serve fused layers: Flux's `qkv` (q, k, v thirds) and `linear1` (q, k, v, MLP-in).
+`[.., R]` by each rank row's subject, then one matmul for the up projections of all output slices
+(Flux's `qkv`: q, k, v thirds; `linear1`: q, k, v, MLP-in) with their `s B` packed block-diagonally
+into one `[columns, R]` matrix (zeros where a slice's ranks do not reach a column):
+
+    y[:, c0:c1] += h U^T,    U[c, r] = s B_slice(r)[c - start(slice(r)), r - first rank(slice(r))]
+
+A slice named in `held` (the columns an op after the layer reads alone) keeps its own `U` and rank
+range, so `add_to_holding` can hand that term to the op instead (`freefuse_core.fused`).
 Already materialised deltas (LoHa, LoKr) are `DenseTerm`s: `F_l (dW_l x)`.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,22 +48,29 @@ class _Slice:
 class MaskedLowRank:
     """All LoRA terms acting on one linear layer, stacked once for the fast path."""
 
-    def __init__(self, terms: Sequence[LowRankTerm | DenseTerm], out_features: int):
+    def __init__(self, terms: Sequence[LowRankTerm | DenseTerm], out_features: int,
+                 held: Sequence[tuple[int, int]] = ()):
         self.terms = tuple(terms)
         self.out_features = out_features
         _validate(self.terms, out_features)
         low = sorted((t for t in self.terms if isinstance(t, LowRankTerm)), key=lambda t: (t.out_start, t.up.shape[0]))
         self.dense = tuple(t for t in self.terms if isinstance(t, DenseTerm))
-        self.down = torch.cat([t.down for t in low]) if low else None
-        self.owner = torch.tensor([t.subject for t in low for _ in range(t.down.shape[0])], dtype=torch.long)
+        groups = _groups(low)
+        kept = [(start, rows, group) for (start, rows), group in groups if (start, start + rows) in held]
+        packed = [(start, rows, group) for (start, rows), group in groups if (start, start + rows) not in held]
+        order = [t for *_, group in kept + packed for t in group]
+        self.down = torch.cat([t.down for t in order]) if order else None
+        self.owner = torch.tensor([t.subject for t in order for _ in range(t.down.shape[0])], dtype=torch.long)
         self.owner_key = tuple(self.owner.tolist())
         self.subjects = 1 + max((t.subject for t in self.terms), default=-1)
         slices, rank = [], 0
-        for (start, rows), group in _groups(low):
+        for start, rows, group in kept:
             width = sum(t.down.shape[0] for t in group)
             up = torch.cat([t.up for t in group], dim=1)
             slices.append(_Slice(start, start + rows, slice(rank, rank + width), up))
             rank += width
+        if packed:
+            slices.append(_packed_slice(packed, rank))
         self.slices = tuple(slices)
 
     def to(self, device, dtype) -> MaskedLowRank:
@@ -86,9 +100,10 @@ class MaskedLowRank:
 
         x: `[..., T, in]` or pooled `[B, in]`; y: the base output `[..., out_features]`; mask: `[B, T, S]`
         (column `subject` of each term) or None (all ones, the only choice for pooled inputs).
-        Each slice is one `addmm_` straight into its columns of `y` (the GEMM's own `C += A B`), so no
-        output-sized intermediate is written and read back. `memo`, kept by the caller for one mask,
-        holds the mask gathered to the rank rows, shared by every layer with the same rank layout.
+        The packed slices are one `addmm_` straight into their columns of `y` (the GEMM's own `C += A B`),
+        so no output-sized intermediate is written and read back; each kept slice is one more. `memo`, kept
+        by the caller for one mask, holds the mask gathered to the rank rows, shared by every layer with the
+        same rank layout.
         """
         return self.add_to_holding(y, x, mask, memo, ())[0]
 
@@ -108,11 +123,13 @@ class MaskedLowRank:
             h = torch.mm(x2, self.down.t())
             if f is not None:
                 h.mul_(self._rank_mask(f, h.dtype, memo))
+            whole = (0, y2.shape[1])
             for s in self.slices:
+                part = h if len(self.slices) == 1 else h[:, s.ranks]
                 if (s.start, s.stop) in held:
-                    held[(s.start, s.stop)] = (h[:, s.ranks], s.up)
+                    held[(s.start, s.stop)] = (part, s.up)
                 else:
-                    y2[:, s.start:s.stop].addmm_(h[:, s.ranks], s.up.t())
+                    (y2 if (s.start, s.stop) == whole else y2[:, s.start:s.stop]).addmm_(part, s.up.t())
         for t in self.dense:
             delta = torch.mm(x2, t.delta.t())
             if f is not None:
@@ -161,6 +178,24 @@ def _validate(terms: Sequence[LowRankTerm | DenseTerm], out_features: int):
         ins.add(weights[0].shape[1])
     if len(ins) > 1:
         raise ValueError(f"LoRA terms of one layer disagree on the input size: {sorted(ins)}")
+
+
+def _packed_slice(packed, first_rank: int) -> _Slice:
+    """One slice over the columns of every `(start, rows, terms)` group in `packed`, their ranks from
+    `first_rank` on in order, `U` block-diagonal (a single group: its own `U`, no zeros)."""
+    start = min(s for s, _, _ in packed)
+    stop = max(s + rows for s, rows, _ in packed)
+    ups = [(s - start, torch.cat([t.up for t in group], dim=1)) for s, _, group in packed]
+    width = sum(up.shape[1] for _, up in ups)
+    if len(ups) == 1:
+        return _Slice(start, stop, slice(first_rank, first_rank + width), ups[0][1])
+    dtype = functools.reduce(torch.promote_types, (up.dtype for _, up in ups))
+    up = torch.zeros(stop - start, width, dtype=dtype, device=ups[0][1].device)
+    rank = 0
+    for offset, part in ups:
+        up[offset:offset + part.shape[0], rank:rank + part.shape[1]] = part
+        rank += part.shape[1]
+    return _Slice(start, stop, slice(first_rank, first_rank + width), up)
 
 
 def _groups(terms: Sequence[LowRankTerm]):

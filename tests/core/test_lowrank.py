@@ -43,7 +43,8 @@ def layer_case(draw):
     x = torch.randn(batch, tokens, IN, generator=g)
     weight = torch.randn(out, IN, generator=g)
     mask = (torch.rand(batch, tokens, loras, generator=g) > 0.5).float()
-    return x, weight, terms, mask
+    held = draw(st.lists(st.sampled_from(LAYOUTS[out]), unique=True))   # parts kept out of the packed slice
+    return x, weight, terms, mask, held
 
 
 def rel_err(a, b):
@@ -58,8 +59,8 @@ def as_double(terms):
 @settings(max_examples=30, deadline=None)
 @given(layer_case())
 def test_fast_path_equals_dense_reference(case):
-    x, weight, terms, mask = case
-    layer = MaskedLowRank(terms, weight.shape[0])
+    x, weight, terms, mask, held = case
+    layer = MaskedLowRank(terms, weight.shape[0], held)
     for m in (mask, None):
         got = layer.add_to(x @ weight.T, x, m)
         assert got.dtype == torch.float32
@@ -73,7 +74,7 @@ def test_fast_path_equals_dense_reference(case):
 @settings(max_examples=25, deadline=None)
 @given(layer_case())
 def test_parity_all_ones_is_the_plain_lora_and_zero_removes_it(case):
-    x, weight, terms, mask = case
+    x, weight, terms, mask, _ = case
     layer = MaskedLowRank(terms, weight.shape[0])
     base = x @ weight.T
     plain = layer.add_to(base.clone(), x, None)
@@ -103,6 +104,28 @@ def test_two_matmuls_when_every_term_covers_the_whole_output(monkeypatch):
     x = torch.randn(2, 5, IN)
     layer.add_to(torch.zeros(2, 5, 15), x, torch.ones(2, 5, 3))
     assert sorted(calls) == ["addmm_", "mm"]
+
+
+def test_parts_of_a_fused_output_are_one_up_matmul_unless_held(monkeypatch):
+    """q, k, v LoRAs of a qkv layer (two subjects): one `addmm_` for all parts, block-diagonal `U`; a part
+    named in `held` keeps its own `U` and `addmm_`."""
+    g = torch.Generator().manual_seed(5)
+    terms = [LowRankTerm(l, torch.randn(2, IN, generator=g), torch.randn(PART, 2, generator=g), start)
+             for l in range(2) for start, _ in LAYOUTS[21]]
+    calls = []
+    real_addmm_ = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_",
+                        lambda self, *a, **k: calls.append(tuple(self.shape)) or real_addmm_(self, *a, **k))
+    x, mask = torch.randn(2, 5, IN, generator=g), torch.rand(2, 5, 2, generator=g).round()
+    expected = dense_layer(x, torch.zeros(21, IN), terms, mask)
+    packed, kept = MaskedLowRank(terms, 21), MaskedLowRank(terms, 21, [(PART, 2 * PART)])
+    assert [(s.start, s.stop, s.up.shape) for s in packed.slices] == [(0, 21, (21, 12))]
+    assert [(s.start, s.stop) for s in kept.slices] == [(PART, 2 * PART), (0, 21)]
+    assert torch.count_nonzero(packed.slices[0].up) == 3 * PART * 4
+    for layer, launches in ((packed, [(10, 21)]), (kept, [(10, PART), (10, 21)])):
+        calls.clear()
+        assert rel_err(layer.add_to(torch.zeros(2, 5, 21), x, mask), expected) < 1e-5
+        assert calls == launches
 
 
 def test_pooled_input_is_unmasked_and_matches_the_reference():
@@ -167,7 +190,7 @@ def test_holding_a_slice_leaves_exactly_its_term_to_the_consumer():
     terms = [LowRankTerm(0, torch.randn(2, IN, generator=g), torch.randn(3 * PART + MLP, 2, generator=g), 0)]
     terms += [LowRankTerm(1, torch.randn(3, IN, generator=g), torch.randn(stop - start, 3, generator=g), start)
               for start, stop in LAYOUTS[3 * PART + MLP]]
-    layer = MaskedLowRank(terms, 3 * PART + MLP)
+    layer = MaskedLowRank(terms, 3 * PART + MLP, [mlp])
     x, mask = torch.randn(2, 5, IN, generator=g), torch.rand(2, 5, 2, generator=g).round()
     base = torch.randn(2, 5, 3 * PART + MLP, generator=g)
     expected = layer.add_to(base.clone(), x, mask)
@@ -178,4 +201,7 @@ def test_holding_a_slice_leaves_exactly_its_term_to_the_consumer():
     torch.testing.assert_close(y, expected)
     y, held = layer.add_to_holding(base.clone(), x, mask, None, ((3 * PART, 3 * PART + 1),))
     assert held == (None,)
+    torch.testing.assert_close(y, expected)
+    y, held = MaskedLowRank(terms, 3 * PART + MLP).add_to_holding(base.clone(), x, mask, None, (mlp,))
+    assert held == (None,)   # not kept out of the packed slice when built: nothing to hold
     torch.testing.assert_close(y, expected)

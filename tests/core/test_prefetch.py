@@ -28,15 +28,18 @@ def out_of(lowrank: MaskedLowRank) -> torch.Tensor:
     return lowrank.add_to(torch.zeros(2, 4, OUT, dtype=torch.float64), x, mask)
 
 
-def test_groups_are_transformer_blocks_or_top_modules():
+def test_groups_are_runs_of_transformer_blocks_or_top_modules():
     assert group_of("double_blocks.3.img_attn.qkv") == "double_blocks.3"
     assert group_of("single_blocks.12.linear1") == "single_blocks.12"
     assert group_of("final_layer.adaLN_modulation.1") == "final_layer"
+    assert group_of("double_blocks.3.img_attn.qkv", 2) == group_of("double_blocks.2.txt_mlp.0", 2) == "double_blocks.2"
+    assert group_of("single_blocks.12.linear1", 4) == "single_blocks.12" != group_of("single_blocks.11.linear1", 4)
+    assert group_of("final_layer.adaLN_modulation.1", 2) == "final_layer"
 
 
 def test_fetched_terms_equal_the_resident_cast_in_any_call_order():
-    held = layers(4)
-    prefetch = Prefetcher(held, window=1)
+    held = layers(8)   # 4 groups of 2 blocks, 2 of them on the device at a time
+    prefetch = Prefetcher(held, window=1, blocks=2)
     paths = list(held)
     calls = paths * 2 + [paths[0], paths[5], paths[1], paths[4], paths[0]]  # revisits a group after others
     for path in calls:
@@ -49,7 +52,7 @@ def test_fetched_terms_equal_the_resident_cast_in_any_call_order():
 
 def test_the_ring_holds_the_current_group_and_the_next_window_groups():
     held = layers(6)
-    prefetch = Prefetcher(held, window=2)
+    prefetch = Prefetcher(held, window=2, blocks=1)
     paths = list(held)
     for path in paths:  # first evaluation: the order is being learnt
         prefetch.fetch(path, CPU, torch.float32)
@@ -68,3 +71,5 @@ def test_the_ring_holds_the_current_group_and_the_next_window_groups():
 def test_a_window_below_one_group_is_refused():
     with pytest.raises(ValueError, match="at least 1 group"):
         Prefetcher(layers(1), window=0)
+    with pytest.raises(ValueError, match="at least 1 block"):
+        Prefetcher(layers(1), blocks=0)

@@ -361,14 +361,16 @@ def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_on_the_de
 
 
 def test_held_terms_join_the_gelu_and_qk_norm_after_their_layer_with_the_same_samples(world, two_loras, monkeypatch):
-    """The path that adds LoRA terms inside the op that reads the layer's output next (off until timed on
-    a GPU) forced on: the GELU after every double-block MLP-in layer, and where a LoRA has terms on
+    """The path that adds LoRA terms inside the op that reads the layer's output next (CUDA with Triton)
+    forced onto the CPU: the GELU after every double-block MLP-in layer, and where a LoRA has terms on
     exactly those columns (diffusers `proj_mlp`, `to_q`, `to_k`), the GELU after `linear1`'s MLP columns and
-    the q/k norms after `qkv` and `linear1`. The samples equal adding the terms in the layer, and every
-    consumer gets its own forward back."""
+    the q/k norms after `qkv` and `linear1`. The samples equal adding the terms in the layer (the same
+    layout, the path off at run time), and every consumer gets its own forward back."""
     injection = module(world.pack, "freefuse_comfy.injection")
     a, b = two_loras
+    monkeypatch.setattr(injection, "FUSED_DEVICES", frozenset({"cpu"}))   # when loading: held columns kept apart
     model = world.loras((a, "Alice"), (b, "Bob"))
+    monkeypatch.setattr(injection, "FUSED_DEVICES", frozenset())
     masks = world.extract(model)
     in_layer = world.masked(masks)
     comfy.model_management.unload_all_models()
@@ -424,8 +426,8 @@ def test_partial_loading_low_vram_gives_the_same_result(world, two_loras, monkey
     masked LoRA outputs must be unchanged."""
     import comfy.model_management as mm
 
-    if fused:
-        monkeypatch.setattr(module(world.pack, "freefuse_comfy.injection"), "FUSED_DEVICES", frozenset({"cpu"}))
+    fused_devices = frozenset({"cpu"}) if fused else frozenset()   # unfused: qkv and linear1 packed in one slice
+    monkeypatch.setattr(module(world.pack, "freefuse_comfy.injection"), "FUSED_DEVICES", fused_devices)
     a, b = two_loras
     model = world.loras((a, "Alice"), (b, "Bob"))
     masks = world.extract(model)
