@@ -100,20 +100,61 @@ def _triton_up_rms_norm(y, h, up, weight, eps):
     return out
 
 
-_TUNED: dict = {}   # (kernel, autotune key) -> the config its autotuner chose, for the launches after the first
+_TUNED: dict = {}     # (kernel, autotune key) -> the config its autotuner chose, for the launches after the first
+_COMPILED: dict = {}  # (kernel, autotune key, constants, specialization) -> [compiled kernel, its argument form]
 
 
 def _launch(index: int, key: tuple, grid_of, args: tuple, constants: dict) -> None:
-    """Kernel `index` through its autotuner the first time for `key`, then straight to the JIT function
-    with the config it chose: the autotuner's own bookkeeping costs tens of microseconds a launch."""
+    """Kernel `index` through its autotuner the first time for `key`, through the JIT function with the config
+    it chose the first time for each specialization of the arguments, then straight to that compiled kernel:
+    the autotuner's and the JIT function's bookkeeping cost tens of microseconds a launch, on the host that
+    a masked step already keeps busy."""
     tuner = (_kernel_module().up_gelu, _kernel_module().up_rms_norm)[index]
     config = _TUNED.get((index, key))
     if config is None:
         tuner[lambda meta: grid_of(meta["BM"], meta.get("BN"))](*args, **constants)
         _TUNED[(index, key)] = tuner.best_config
         return
-    tuner.fn[grid_of(config.kwargs["BM"], config.kwargs.get("BN"))](
-        *args, **constants, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    grid = grid_of(config.kwargs["BM"], config.kwargs.get("BN"))
+    named = {**constants, **config.kwargs}
+    spec = (index, key, tuple(sorted(constants.items())), _specialization(args))
+    compiled = _COMPILED.get(spec)
+    if compiled is not None and compiled[0] is not None and _direct(compiled, tuner.fn, grid, args, named):
+        return
+    kernel = tuner.fn[grid](*args, **named, num_warps=config.num_warps, num_stages=config.num_stages)
+    if compiled is None and hasattr(kernel, "packed_metadata"):   # the interpreter returns no compiled kernel
+        _COMPILED[spec] = [kernel, None]
+
+
+def _specialization(args: tuple) -> tuple:
+    """What Triton specializes a compiled kernel on, per argument: a tensor's dtype, device and 16-byte
+    alignment; an integer equal to 1, divisible by 16, or beyond 32 bits; a float's type."""
+    out = []
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            out.append((arg.dtype, arg.device, arg.data_ptr() % 16 == 0))
+        elif isinstance(arg, int):
+            out.append((arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31))
+        else:
+            out.append(type(arg))
+    return tuple(out)
+
+
+def _direct(compiled: list, fn, grid: tuple, args: tuple, named: dict) -> bool:
+    """Launches `compiled[0]` with `args` and then the constants in the kernel's parameter order (recent
+    Triton passes them all; older ones the non-constant arguments alone: the first launch finds out and
+    remembers the form). When neither form is accepted, False, and the JIT function launches from then on."""
+    kernel, form = compiled
+    values = (*args, *(named[name] for name in fn.arg_names[len(args):]))
+    for each in ("all", "runtime") if form is None else (form,):
+        try:
+            kernel[grid](*(values if each == "all" else args))
+        except TypeError:   # raised while the launcher parses its arguments, before any launch
+            continue
+        compiled[1] = each
+        return True
+    compiled[0] = None
+    return False
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from freefuse_core import up_gelu, up_rms_norm
+from freefuse_core import fused, up_gelu, up_rms_norm
 
 PACK = Path(__file__).resolve().parents[2]
 
@@ -158,3 +159,45 @@ def test_kernels_build_for_the_gpus_users_have_without_spilling(arch, even):
         for config, registers, stack, wide_loads in resources(kernel, arch, {**constants, "EVEN": even}):
             assert stack == 0 and registers <= 128 and wide_loads > 0, (kernel.fn.__name__, config, registers,
                                                                         stack, wide_loads)
+
+
+class _Launcher:
+    """A stand-in compiled kernel whose launcher takes exactly `count` arguments, as Triton's does."""
+
+    def __init__(self, count: int):
+        self.count, self.launches = count, []
+
+    def __getitem__(self, grid):
+        def runner(*args):
+            if len(args) != self.count:
+                raise TypeError(f"launch takes {self.count} arguments, got {len(args)}")
+            self.launches.append((grid, args))
+        return runner
+
+
+def test_direct_launch_learns_the_launchers_argument_form_or_gives_way_to_the_jit_function():
+    """Recent Triton launchers take every argument, constants after the rest in parameter order; older ones
+    the non-constant ones alone. `_direct` finds the form on the first launch and keeps it; a launcher that
+    takes neither is dropped, so the JIT function launches from then on."""
+    kernel = SimpleNamespace(arg_names=["y", "rows", "RANK", "BM"])
+    for count, form, args in ((4, "all", (1, 2, 64, 32)), (2, "runtime", (1, 2))):
+        entry = [_Launcher(count), None]
+        for _ in range(2):
+            assert fused._direct(entry, kernel, (3,), (1, 2), {"BM": 32, "RANK": 64})
+        assert entry[1] == form and entry[0].launches == [((3,), args)] * 2
+    entry = [_Launcher(3), None]
+    assert not fused._direct(entry, kernel, (3,), (1, 2), {"BM": 32, "RANK": 64})
+    assert entry[0] is None
+
+
+def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization():
+    """What Triton compiles a kernel for: 16-byte aligned pointers, integers that are 1 or multiples of 16
+    or beyond 32 bits, dtypes. A column slice one element off, or another row count class, is another kernel."""
+    y = torch.zeros(4, 64, dtype=torch.bfloat16)
+    base = fused._specialization((y, 64, 4096))
+    assert fused._specialization((y[:, 8:], 64, 512)) == base
+    assert fused._specialization((y[:, 1:], 64, 4096)) != base
+    assert fused._specialization((y, 1, 4096)) != base
+    assert fused._specialization((y, 64, 4100)) != base
+    assert fused._specialization((y, 64, 2**31)) != fused._specialization((y, 64, 2**31 - 16))
+    assert fused._specialization((y.float(), 64, 4096)) != base
