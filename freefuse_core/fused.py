@@ -146,6 +146,7 @@ def _direct(compiled: list, fn, grid: tuple, args: tuple, named: dict) -> bool:
     remembers the form). When neither form is accepted, False, and the JIT function launches from then on."""
     kernel, form = compiled
     values = (*args, *(named[name] for name in fn.arg_names[len(args):]))
+    grid = (*grid, 1, 1)[:3]   # a compiled kernel's launcher reads all three grid sizes
     for each in ("all", "runtime") if form is None else (form,):
         try:
             kernel[grid](*(values if each == "all" else args))
