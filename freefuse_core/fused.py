@@ -9,7 +9,8 @@ For those columns, with `h = F (x A^T)` `[tokens, R]` and `U = s B` `[columns, R
 
 are computed in one pass over `y`: the GELU and the norm read `y` anyway, so the term costs a
 rank-`R` dot per output tile instead of a second read and write of `y` (`y += h U^T`, then the
-op). On CUDA in half precision each is one Triton kernel; otherwise the same sum in torch.
+op). On CUDA (compute capability 8.0 on) in half precision each is one Triton kernel; otherwise the
+same sum in torch.
 """
 from __future__ import annotations
 
@@ -59,9 +60,15 @@ def up_rms_norm(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, weight: torc
 
 
 def _triton_can(y: torch.Tensor) -> bool:
-    """The kernels run on CUDA in half precision; float32 stays in torch, whose matmuls do not drop to
-    TF32 as Triton's dot would."""
-    return y.is_cuda and HAS_TRITON and y.dtype in (torch.bfloat16, torch.float16)
+    """The kernels run on CUDA GPUs of compute capability 8.0 or newer (the architectures they are built and
+    checked for) in half precision; float32 stays in torch, whose matmuls do not drop to TF32 as Triton's
+    dot would."""
+    return y.is_cuda and HAS_TRITON and y.dtype in (torch.bfloat16, torch.float16) and _capability(y.device) >= (8, 0)
+
+
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def _rows_view(y: torch.Tensor):
