@@ -235,8 +235,9 @@ def main() -> None:
         "",
         f"Two rank-32 LoRAs on every layer are {main['lora_gib_on_gpu_resident']:.2f} GiB of tensors. Held on the "
         f"GPU (row c') they raise the peak by {peak_over_b(main, RESIDENT):.2f} GiB over b. On CUDA the pack keeps "
-        "them in pinned host memory, one buffer per transformer block, and copies each block's terms into a ring "
-        "of 3 GPU buffers two blocks ahead of use, on a side stream (`freefuse_core/prefetch.py`). "
+        "them in pinned host memory, one buffer per two transformer blocks (one per block before this session), and "
+        "copies each group's terms into a ring of 3 GPU buffers two groups ahead of use, on a side stream "
+        "(`freefuse_core/prefetch.py`). "
         f"In this run: {lora['gpu']:.3f} GiB of ring on the GPU and {lora['pinned_host']:.2f} GiB pinned on the "
         f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB; the other calls of that session gave "
         + ", ".join(f"{peak_over_b(load(name), 'c'):.2f}" for name, _ in RUNS)

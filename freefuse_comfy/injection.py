@@ -5,9 +5,9 @@ layer's own forward (ComfyUI's casting, fp8 and low-VRAM paths untouched); the s
 `freefuse_core.MaskedLowRank`. The forward is replaced through the ModelPatcher's injection
 lifecycle: `inject` when the patcher loads the model (fully or partially), `eject` when it unloads,
 so base weights never change and nothing stays on the module. On CUDA the LoRA tensors stay in
-pinned host memory and reach the GPU a block or two ahead of use (`freefuse_core.Prefetcher`), so
-a run holds only those blocks' terms on the GPU, not every layer's; terms with materialised deltas
-(LoHa, LoKr: as large as the base weight) stay resident.
+pinned host memory and reach the GPU two-block groups at a time, up to two groups ahead of use
+(`freefuse_core.Prefetcher`), so a run holds only those blocks' terms on the GPU, not every layer's;
+terms with materialised deltas (LoHa, LoKr: as large as the base weight) stay resident.
 
 Which mask a layer uses depends on the tokens it sees, fixed per layer name:
 `image` (double-block `img_*`, `img_in`, `final_layer.linear`), `text` (`txt_*`, `txt_in`),

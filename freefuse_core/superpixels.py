@@ -118,7 +118,7 @@ def _check_owner(owner: torch.Tensor, n_subjects: int):
 def owner_to_pixel_masks(owner: torch.Tensor, n_subjects: int) -> torch.Tensor:
     """`[S, H, W]` one-hot float32 masks at pixel resolution."""
     _check_owner(owner, n_subjects)
-    return F.one_hot(owner, n_subjects).permute(2, 0, 1).float()
+    return torch.stack([owner == s for s in range(n_subjects)]).float()
 
 
 def owner_to_token_masks(owner: torch.Tensor, n_subjects: int, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
@@ -126,22 +126,30 @@ def owner_to_token_masks(owner: torch.Tensor, n_subjects: int, grid: tuple[int, 
 
     Cells partly outside the image count only their inside pixels. Cells wholly outside count each
     of their pixels as the owner of its nearest inside pixel (the ownership edge-padded). Ties go to
-    the lowest index.
+    the lowest index. Counted one subject at a time on `[rows, patch, columns, patch]` views, with no
+    one-hot image.
     """
     height, width = owner.shape
     _check(height, width, grid, patch)
     _check_owner(owner, n_subjects)
-    padded = F.pad(owner[None, None].float(), (0, grid[1] * patch - width, 0, grid[0] * patch - height),
-                   mode="replicate")[0, 0].long()
-    inside = torch.zeros(padded.shape, dtype=torch.float32, device=owner.device)
-    inside[:height, :width] = 1.0
-    votes = F.one_hot(padded, n_subjects).float()
-
-    def per_cell(pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.reshape(grid[0], patch, grid[1], patch, -1).sum(dim=(1, 3)).reshape(grid[0] * grid[1], -1)
-
-    counts = torch.where(per_cell(inside[..., None]) > 0, per_cell(votes * inside[..., None]), per_cell(votes))
-    return F.one_hot(counts.argmax(dim=-1), n_subjects).float()
+    full = (grid[0] * patch, grid[1] * patch)
+    padded = owner if (height, width) == full else F.pad(
+        owner[None, None].float(), (0, full[1] - width, 0, full[0] - height), mode="replicate")[0, 0].long()
+    cells = padded.reshape(grid[0], patch, grid[1], patch)
+    inside = None
+    if (height, width) != full:
+        mask = torch.zeros(full, dtype=torch.bool, device=owner.device)
+        mask[:height, :width] = True
+        inside = mask.reshape(cells.shape)
+        partly = inside.sum(dim=(1, 3)) > 0     # cells with an inside pixel count those alone
+    counts = []
+    for s in range(n_subjects):
+        hit = cells == s
+        count = hit.sum(dim=(1, 3))
+        if inside is not None:
+            count = torch.where(partly, (hit & inside).sum(dim=(1, 3)), count)
+        counts.append(count.reshape(-1))
+    return F.one_hot(torch.stack(counts, dim=-1).argmax(dim=-1), n_subjects).float()
 
 
 @dataclass(frozen=True)

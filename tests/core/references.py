@@ -50,3 +50,18 @@ def dense_layer(x, weight, terms, mask):
                 w[term.out_start:term.out_start + dw.shape[0]] += f * dw
             out[b, t] = w @ x[b, t]
     return out
+
+
+def cell_majority(owner, n, grid, patch=16):
+    """Per token cell, pixel by pixel: the subject owning most of the cell's pixels inside the image; a cell
+    wholly outside counts its pixels at the nearest inside pixel (edge padding). Ties: the lowest index."""
+    height, width = owner.shape
+    winners = []
+    for gy in range(grid[0]):
+        for gx in range(grid[1]):
+            cell = [(y, x) for y in range(gy * patch, (gy + 1) * patch) for x in range(gx * patch, (gx + 1) * patch)]
+            pixels = [(y, x) for y, x in cell if y < height and x < width]
+            pixels = pixels or [(min(y, height - 1), min(x, width - 1)) for y, x in cell]
+            counts = [sum(int(owner[y, x]) == s for y, x in pixels) for s in range(n)]
+            winners.append(max(range(n), key=lambda s: (counts[s], -s)))
+    return torch.nn.functional.one_hot(torch.tensor(winners), n).float()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import cell_majority
 
 from freefuse_core import owner_to_pixel_masks, owner_to_token_masks, quick_gil_handoff, slic_segments, vote_owner
 from freefuse_core.superpixels import SLIC_SWITCH_INTERVAL
@@ -43,6 +44,21 @@ def test_token_and_pixel_masks_partition_odd_sizes(h, w, cut_h, cut_w, subjects,
     pixels = owner_to_pixel_masks(owner, subjects)
     assert tokens.shape == (h * w, subjects) and torch.equal(tokens.sum(-1), torch.ones(h * w))
     assert torch.equal(pixels.sum(0), torch.ones(height, width))
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 5), w=st.integers(1, 5), patch=st.sampled_from([1, 2, 3, 16]), cut_h=st.integers(0, 20),
+       cut_w=st.integers(0, 20), subjects=st.integers(1, 4), seed=st.integers(0, 999))
+def test_token_masks_are_the_majority_of_each_cell_pixel_by_pixel(h, w, patch, cut_h, cut_w, subjects, seed):
+    """Against a per-pixel count of every cell (small cells make ties, which go to the lowest index)."""
+    height, width = max(1, h * patch - cut_h % patch), max(1, w * patch - cut_w % patch)
+    if cut_h >= patch and h > 1:    # also grids whose last rows lie wholly below the image
+        height = max(1, height - patch)
+    owner = torch.as_tensor(np.random.default_rng(seed).integers(0, subjects, (height, width)))
+    expected = cell_majority(owner, subjects, (h, w), patch)
+    assert torch.equal(owner_to_token_masks(owner, subjects, (h, w), patch), expected)
+    pixels = owner_to_pixel_masks(owner, subjects)
+    assert pixels.dtype == torch.float32 and torch.equal(pixels.argmax(0), owner)
 
 
 def test_token_cell_goes_to_the_majority():
