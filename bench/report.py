@@ -592,6 +592,12 @@ def session_section(final: dict) -> list[str]:
         "autotunes them (the other call: "
         f"{printed_first_runs(FIRST_CALL)}).",
         "",
+        f"- **The masks after the vote counted one subject at a time** (`owner_to_token_masks`, "
+        f"`owner_to_pixel_masks`, no one-hot image), after the last device call, so not timed on the GPU machine: "
+        f"`python3 bench/vote_bench.py` on this repository's CPU machine gives {vote_line('vote_cpu_before.txt')} "
+        f"before (`vote_cpu_before.txt`, the parent commit) and {vote_line('vote_cpu.txt')} after "
+        "(`vote_cpu.txt`). Every extraction runs these stages on the host after SLIC.",
+        "",
         f"Not explained: in `host.json`, c at 1024 px took {after['c']['1024']['step_ms']:.0f} ms a step, "
         f"against {after['c']['1024']['gpu_kernel_step_ms']:.0f} ms of GPU kernels and "
         f"{after['c']['128']['step_ms']:.0f} ms at 128 px, while in the main part's runs the same path averaged "
@@ -599,6 +605,13 @@ def session_section(final: dict) -> list[str]:
         "128 px models first (the kernels were tuned at 128 px shapes there).",
     ]
     return lines
+
+
+def vote_line(name: str) -> str:
+    """The stages of a `vote_bench.py` output and their sum."""
+    stages = dict(re.findall(r"^(\w+)\s+([\d.]+) ms", (RESULTS / name).read_text(), re.M))
+    parts = ", ".join(f"{k} {float(v):.1f}" for k, v in stages.items())
+    return f"{parts} ms (sum {sum(float(v) for v in stages.values()):.1f} ms)"
 
 
 def printed_first_runs(name: str) -> str:
