@@ -10,18 +10,21 @@ For those columns, with `h = F (x A^T)` `[tokens, R]` and `U = s B` `[columns, R
 are computed in one pass over `y`: the GELU and the norm read `y` anyway, so the term costs a
 rank-`R` dot per output tile instead of a second read and write of `y` (`y += h U^T`, then the
 op). On CUDA (compute capability 8.0 on) in half precision each is one Triton kernel; otherwise the
-same sum in torch.
+same sum in torch. A kernel that cannot be built on this machine (no C compiler for Triton's launcher,
+say) is logged once as a warning, and that op runs in torch from then on.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import math
 
 import torch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 GELU_C = math.sqrt(2.0 / math.pi)
+log = logging.getLogger(__name__)
 
 
 def up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -31,9 +34,10 @@ def up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if h.shape[0] * y.shape[-1] != y.numel() or up.shape != (y.shape[-1], h.shape[1]):
         raise ValueError(f"up_gelu: output {tuple(y.shape)}, rank input {tuple(h.shape)} and up "
                          f"{tuple(up.shape)} do not fit")
-    grid = _rows_view(y) if _triton_can(y) else None
-    if grid is not None:
-        return _triton_up_gelu(y, h, up, *grid)
+    grid = _rows_view(y) if _triton_can(y, 0) else None
+    out = None if grid is None else _triton_up_gelu(y, h, up, *grid)
+    if out is not None:
+        return out
     wide = torch.promote_types(y.dtype, torch.float32)
     rows = y.reshape(-1, y.shape[-1]).to(wide) + h.to(wide) @ up.to(wide).t()
     return torch.nn.functional.gelu(rows, approximate="tanh").to(y.dtype).view(y.shape)
@@ -50,8 +54,11 @@ def up_rms_norm(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, weight: torc
         raise ValueError(f"up_rms_norm: heads {tuple(y.shape)}, rank input {tuple(h.shape)}, up {tuple(up.shape)} "
                          f"and weight {None if weight is None else tuple(weight.shape)} do not fit")
     eps = torch.finfo(y.dtype).eps if eps is None else eps
-    if _triton_can(y) and y.stride(-1) == 1 and dim >= 16 and dim & (dim - 1) == 0:
-        return _triton_up_rms_norm(y, h, up, weight, eps)
+    out = None
+    if _triton_can(y, 1) and y.stride(-1) == 1 and dim >= 16 and dim & (dim - 1) == 0:
+        out = _triton_up_rms_norm(y, h, up, weight, eps)
+    if out is not None:
+        return out
     wide = torch.promote_types(y.dtype, torch.float32)
     delta = (h.to(wide) @ up.to(wide).t()).view(batch, tokens, heads, dim).transpose(1, 2)
     total = y.to(wide) + delta
@@ -59,11 +66,12 @@ def up_rms_norm(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, weight: torc
     return (out if weight is None else out * weight.to(wide)).to(y.dtype).contiguous()
 
 
-def _triton_can(y: torch.Tensor) -> bool:
-    """The kernels run on CUDA GPUs of compute capability 8.0 or newer (the architectures they are built and
-    checked for) in half precision; float32 stays in torch, whose matmuls do not drop to TF32 as Triton's
-    dot would."""
-    return y.is_cuda and HAS_TRITON and y.dtype in (torch.bfloat16, torch.float16) and _capability(y.device) >= (8, 0)
+def _triton_can(y: torch.Tensor, kernel: int) -> bool:
+    """Kernel `kernel` (0 GELU, 1 norm) runs on CUDA GPUs of compute capability 8.0 or newer (the architectures
+    they are built and checked for) in half precision, unless it could not be built here; float32 stays in
+    torch, whose matmuls do not drop to TF32 as Triton's dot would."""
+    return (y.is_cuda and HAS_TRITON and kernel not in UNBUILT and y.dtype in (torch.bfloat16, torch.float16)
+            and _capability(y.device) >= (8, 0))
 
 
 @functools.cache
@@ -87,10 +95,11 @@ def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: in
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     h, up = _rows_contiguous(h), _rows_contiguous(up)
     block_r, (even_m, even_n) = _rank_block(rank), _kernel_module().GELU_EVEN
-    _launch(0, (columns, rank, y.dtype), lambda bm, bn: (_cdiv(rows, bm) * _cdiv(columns, bn),),
-            (y, h, up, out, rows, columns, y_stride, h.stride(0), up.stride(0), columns, GELU_C),
-            dict(RANK=rank, BR=block_r, EVEN=rows % even_m == 0 and columns % even_n == 0 and rank % block_r == 0))
-    return out
+    launched = _launch(0, (columns, rank, y.dtype), lambda bm, bn: (_cdiv(rows, bm) * _cdiv(columns, bn),),
+                       (y, h, up, out, rows, columns, y_stride, h.stride(0), up.stride(0), columns, GELU_C),
+                       dict(RANK=rank, BR=block_r,
+                            EVEN=rows % even_m == 0 and columns % even_n == 0 and rank % block_r == 0))
+    return out if launched else None
 
 
 def _triton_up_rms_norm(y, h, up, weight, eps):
@@ -100,37 +109,54 @@ def _triton_up_rms_norm(y, h, up, weight, eps):
     weight = torch.ones(dim, device=y.device, dtype=y.dtype) if weight is None else weight.contiguous()
     rank = up.shape[1]
     block_r = _rank_block(rank)
-    _launch(1, (heads, rank, y.dtype), lambda bm, bn: (batch, _cdiv(tokens, bm), heads),
-            (y, h, up, weight, out, tokens, heads, y.stride(0), y.stride(1), y.stride(2), h.stride(0), up.stride(0),
-             float(eps)),
-            dict(RANK=rank, D=dim, BR=block_r, EVEN=tokens % _kernel_module().NORM_EVEN == 0 and rank % block_r == 0))
-    return out
+    launched = _launch(1, (heads, rank, y.dtype), lambda bm, bn: (batch, _cdiv(tokens, bm), heads),
+                       (y, h, up, weight, out, tokens, heads, y.stride(0), y.stride(1), y.stride(2), h.stride(0),
+                        up.stride(0), float(eps)),
+                       dict(RANK=rank, D=dim, BR=block_r,
+                            EVEN=tokens % _kernel_module().NORM_EVEN == 0 and rank % block_r == 0))
+    return out if launched else None
 
 
 _TUNED: dict = {}     # (kernel, autotune key) -> the config its autotuner chose, for the launches after the first
 _COMPILED: dict = {}  # (kernel, autotune key, constants, specialization) -> [compiled kernel, its argument form]
+UNBUILT: dict = {}    # kernel -> why it could not be built on this machine; torch runs its op from then on
 
 
-def _launch(index: int, key: tuple, grid_of, args: tuple, constants: dict) -> None:
+def _launch(index: int, key: tuple, grid_of, args: tuple, constants: dict) -> bool:
     """Kernel `index` through its autotuner the first time for `key`, through the JIT function with the config
     it chose the first time for each specialization of the arguments, then straight to that compiled kernel:
     the autotuner's and the JIT function's bookkeeping cost tens of microseconds a launch, on the host that
-    a masked step already keeps busy."""
-    tuner = (_kernel_module().up_gelu, _kernel_module().up_rms_norm)[index]
+    a masked step already keeps busy. False where the kernel's first build failed (logged; see UNBUILT)."""
     config = _TUNED.get((index, key))
     if config is None:
-        tuner[lambda meta: grid_of(meta["BM"], meta.get("BN"))](*args, **constants)
+        try:
+            tuner = _tuners()[index]
+            tuner[lambda meta: grid_of(meta["BM"], meta.get("BN"))](*args, **constants)
+        except Exception as error:   # Triton's compiler and launcher build: anything a toolchain can raise
+            if any(i == index for i, _ in _TUNED):
+                raise                # built here before: a real failure, not the machine
+            UNBUILT[index] = f"{type(error).__name__}: {error}"
+            log.warning("FreeFuse: the Triton kernel %s could not be built on this machine (%s); its LoRA terms "
+                        "are added in torch from now on, a little slower.", ("up_gelu", "up_rms_norm")[index],
+                        UNBUILT[index])
+            return False
         _TUNED[(index, key)] = tuner.best_config
-        return
+        return True
+    tuner = _tuners()[index]
     grid = grid_of(config.kwargs["BM"], config.kwargs.get("BN"))
     named = {**constants, **config.kwargs}
     spec = (index, key, tuple(sorted(constants.items())), _specialization(args))
     compiled = _COMPILED.get(spec)
     if compiled is not None and compiled[0] is not None and _direct(compiled, tuner.fn, grid, args, named):
-        return
+        return True
     kernel = tuner.fn[grid](*args, **named, num_warps=config.num_warps, num_stages=config.num_stages)
     if compiled is None and hasattr(kernel, "packed_metadata"):   # the interpreter returns no compiled kernel
         _COMPILED[spec] = [kernel, None]
+    return True
+
+
+def _tuners() -> tuple:
+    return _kernel_module().up_gelu, _kernel_module().up_rms_norm
 
 
 def _specialization(args: tuple) -> tuple:

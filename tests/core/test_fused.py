@@ -202,3 +202,23 @@ def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization():
     assert fused._specialization((y, 64, 4100)) != base
     assert fused._specialization((y, 64, 2**31)) != fused._specialization((y, 64, 2**31 - 16))
     assert fused._specialization((y.float(), 64, 4096)) != base
+
+
+def test_a_kernel_that_cannot_be_built_here_is_logged_once_and_left_to_torch(monkeypatch, caplog):
+    """No C compiler for Triton's launcher, say: the first build's error is a logged warning and the kernel is
+    marked unbuilt (its op then runs in torch); the same error from a kernel built here before is raised."""
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(fused, "_tuners", lambda: (Broken(), Broken()))
+    monkeypatch.setattr(fused, "_TUNED", {})
+    monkeypatch.setattr(fused, "UNBUILT", {})
+    with caplog.at_level("WARNING", logger=fused.__name__):
+        assert fused._launch(1, (24, 64, torch.bfloat16), lambda bm, bn: (1,), (), {}) is False
+    assert "C compiler" in fused.UNBUILT[1] and 0 not in fused.UNBUILT
+    assert "up_rms_norm could not be built" in caplog.text
+    fused._TUNED[(0, (12288, 64, torch.bfloat16))] = object()
+    with pytest.raises(RuntimeError, match="C compiler"):
+        fused._launch(0, (3072, 64, torch.bfloat16), lambda bm, bn: (1,), (), {})
+    assert 0 not in fused.UNBUILT
