@@ -567,9 +567,7 @@ def host_part(bench: Bench):
     work is about the weights' read, so a step's wall time is about its host time); at --size also the GPU
     kernel time under torch.profiler (its kernel table in host_kernels_*.txt); cProfile of the masked
     models' 8 steps at 128 px (host_calls_*.txt)."""
-    import cProfile
     import io
-    import pstats
     names = bench.loras(ARGS.rank, 2)
     ours, merged = bench.freefuse_model(names), bench.merged(names)
     out, runs = {}, []
@@ -594,23 +592,28 @@ def host_part(bench: Bench):
                 row.update(profiled_step_ms=1000 * wall / 8, gpu_kernel_step_ms=1000 * busy / 8)
                 (Path(ARGS.out) / f"host_kernels_{name}.txt").write_text(table)
             if size == 128 and name != "b":
-                profiler = cProfile.Profile()
-                profiler.enable()
-                run()
-                sync()
-                profiler.disable()
                 text = io.StringIO()
-                pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+                cprofile_run(run, text).sort_stats("tottime").print_stats(40)
                 (Path(ARGS.out) / f"host_calls_{name}.txt").write_text(text.getvalue())
         note(f"{name} at {size} px: {row}")
     return out
 
 
+def cprofile_run(run, stream):
+    """`pstats.Stats` (printing to `stream`) of one `run()` under cProfile, synchronised at its end."""
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run()
+    sync()
+    profiler.disable()
+    return pstats.Stats(profiler, stream=stream)
+
+
 def calls_part(bench: Bench):
     """cProfile (host time, GPU waits included) of one extraction and one continue pass, warm."""
-    import cProfile
     import io
-    import pstats
     names = bench.loras(ARGS.rank, 2)
     setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
     out = {}
@@ -619,13 +622,8 @@ def calls_part(bench: Bench):
                       ("continue", lambda: bench.freefuse(setup, "continue"))):
         run()
         sync()
-        profiler = cProfile.Profile()
-        profiler.enable()
-        run()
-        sync()
-        profiler.disable()
         text = io.StringIO()
-        stats = pstats.Stats(profiler, stream=text)
+        stats = cprofile_run(run, text)
         stats.sort_stats("cumulative").print_stats(45)
         stats.print_stats("model_management|comfy/sd.py|model_patcher|freefuse_|sample.py|hooks", 60)
         (Path(ARGS.out) / f"calls_{name}.txt").write_text(text.getvalue())
