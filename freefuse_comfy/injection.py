@@ -16,13 +16,13 @@ embedders: no token axis, one factor per image). Per model evaluation a `CallMas
 variable by a diffusion-model wrapper and reset when the evaluation ends; with none set, every
 LoRA acts unmasked (an ordinary LoRA run).
 
-On FUSED_DEVICES (CUDA, where Triton is installed) a layer whose MLP or q/k columns feed only a GELU
-or Flux's q/k norm leaves those columns' terms out and holds them in the evaluation's `CallMasks`;
-the GELU or norm, replaced in the same lifecycle, adds them in its own pass (`_Hold`). A held term
-that its consumer does not take, or a consumer that gets another tensor, is an error. Whether those
-columns keep their own up matrix, or join the layer's other columns in one packed up projection
-(`MaskedLowRank`'s `held`), is fixed when the LoRAs are loaded: kept apart while FUSED_DEVICES names
-any device.
+On FUSED_DEVICES (CUDA, where Triton is installed and a GPU is there) a layer whose MLP or q/k
+columns feed only a GELU or Flux's q/k norm leaves those columns' terms out and holds them in the
+evaluation's `CallMasks`; the GELU or norm, replaced in the same lifecycle, adds them in its own
+pass (`_Hold`). A held term that its consumer does not take, or a consumer that gets another tensor,
+is an error. Whether those columns keep their own up matrix, or join the layer's other columns in
+one packed up projection (`MaskedLowRank`'s `held`), is fixed when the LoRAs are loaded: kept apart
+while FUSED_DEVICES names any device.
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ INJECTION_KEY = "freefuse"
 ATTACHMENT_KEY = "freefuse_loras"
 STAGED_DEVICES = frozenset({"cuda"})   # device types whose LoRA terms are prefetched, not resident
 # Device types where the LoRA terms of MLP-in and q/k columns join the GELU or norm after the layer
-# (`_Hold`); `bench/flux_bench.py` turns it off at run time for its rows c-unfused and d-unfused.
-FUSED_DEVICES: frozenset[str] = frozenset({"cuda"} if HAS_TRITON else ())
+# (`_Hold`): CUDA where Triton is installed and a GPU is there (without one, every layer's up projections
+# pack into one matmul); `bench/flux_bench.py` turns it off at run time for its rows c-unfused and d-unfused.
+FUSED_DEVICES: frozenset[str] = frozenset({"cuda"} if HAS_TRITON and torch.cuda.is_available() else ())
 POOLED = ("_mod.", "modulation", "time_in.", "vector_in.", "guidance_in.", "adaLN_modulation")
 
 
