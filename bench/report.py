@@ -126,6 +126,7 @@ def runs_table() -> list[str]:
 
 def main() -> None:
     main = load("main_default.json")
+    first_call = printed(FIRST_CALL)   # this session's other main call: its printout alone came back
     newest = load("main_fused.json")
     previous = load("main_previous_session.json")
     best = load("main_cpu_voting.json")
@@ -162,7 +163,7 @@ def main() -> None:
         f"**freefuse / merged = {d:.2f}** (restart, the default; 2 subjects, {main['size']} px); "
         f"continue: **{c:.2f}**. Device: {main['device']}. This session's other call of nearly the same code "
         f"(before the direct kernel launches, `main_default_first_stdout.txt`): restart "
-        f"{printed(FIRST_CALL)['rows']['d'][1]:.2f}, continue {printed(FIRST_CALL)['rows']['c'][1]:.2f}. With every "
+        f"{first_call['rows']['d'][1]:.2f}, continue {first_call['rows']['c'][1]:.2f}. With every "
         f"term added in its layer, the previous default (`main_fused.json`): restart {over_b(newest, 'd'):.2f}, "
         f"continue {over_b(newest, 'c'):.2f}; over the H200 calls of the session before last (table below) continue "
         f"ranged {min(spread_c):.2f} to {max(spread_c):.2f} and restart {min(spread_d):.2f} to {max(spread_d):.2f}.",
@@ -196,7 +197,7 @@ def main() -> None:
         f"(`main_h100.json`): {over_b(h100, 'e'):.1f} x b there, next to c {over_b(h100, 'c'):.2f} and d "
         f"{over_b(h100, 'd'):.2f} of the same run.",
         "",
-        *session_section(main),
+        *session_section(main, first_call),
         "",
         "## The GPU session before last: its runs",
         "",
@@ -311,13 +312,13 @@ def main() -> None:
         "## Targets of issue 5 and where they stand",
         "",
         f"- Continue, 2 subjects, {main['size']} px: c / b = {c:.3f} (target <= 1.08): {verdict(c, 1.08)}; "
-        f"this session's other call {printed(FIRST_CALL)['rows']['c'][1]:.3f}. 4 subjects: {four_c:.3f} "
+        f"this session's other call {first_call['rows']['c'][1]:.3f}. 4 subjects: {four_c:.3f} "
         f"(target <= 1.10): {verdict(four_c, 1.10)}, measured with the code of the session before last and not "
         "re-run since (the device time ran out).",
         f"- Restart (default): d / b = {d:.3f} (target <= 1.27): {verdict(d, 1.27)}, in one call; this session's "
-        f"other call, before the direct kernel launches, {printed(FIRST_CALL)['rows']['d'][1]:.3f}. Issue 5 gives "
+        f"other call, before the direct kernel launches, {first_call['rows']['d'][1]:.3f}. Issue 5 gives "
         "2.05 for the existing pack, which was not measured here.",
-        f"- Extraction: {extraction(main):.4f} of b in the final run, {printed(FIRST_CALL)['extraction']:.4f} in "
+        f"- Extraction: {extraction(main):.4f} of b in the final run, {first_call['extraction']:.4f} in "
         f"this session's other call, lowest call of the session before last {best_extraction:.4f} (target "
         f"<= 0.02): {verdict(extraction(main), 0.02)}.",
         f"- Peak memory c - b = {peak_over_b(main, 'c'):.2f} GiB at {main['size']} px (target <= 0.5): "
@@ -521,10 +522,9 @@ def check_hosts() -> dict[str, tuple[float, float]]:
     return {m.group(1): (float(m.group(2)), float(m.group(3))) for m in found}
 
 
-def session_section(final: dict) -> list[str]:
+def session_section(final: dict, first: dict) -> list[str]:
     """This session's H200 calls: host- or GPU-bound (`--part host`), then the main part twice."""
     before, after = load("host_first.json"), load("host.json")
-    first = printed(FIRST_CALL)
     hosts = check_hosts()
     direct, jit = [v[0] for v in hosts.values()], [v[1] for v in hosts.values()]
     previous = load("main_fused.json")
