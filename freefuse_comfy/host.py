@@ -21,11 +21,12 @@ import comfy.utils as comfy_utils
 import comfy.weight_adapter as weight_adapter
 import folder_paths
 import latent_preview
-from comfy.patcher_extension import PatcherInjection, WrappersMP
+from comfy.patcher_extension import CallbacksMP, PatcherInjection, WrappersMP
 from comfy_api.latest import ComfyExtension, io, ui
 
 __all__ = [
-    "ComfyExtension", "PatcherInjection", "WrappersMP", "comfy_lora", "comfy_model_management", "comfy_ops",
+    "CallbacksMP", "ComfyExtension", "PatcherInjection", "WrappersMP", "comfy_lora", "comfy_model_management",
+    "comfy_ops",
     "comfy_sample", "comfy_samplers", "comfy_sd", "comfy_utils", "flux_layers", "flux_model", "folder_paths", "io",
     "latent_preview",
     "lora_convert", "model_patcher", "sd1_clip", "supported_models", "supported_models_base",

@@ -6,7 +6,8 @@ layer's own forward (ComfyUI's casting, fp8 and low-VRAM paths untouched); the s
 lifecycle: `inject` when the patcher loads the model (fully or partially), `eject` when it unloads,
 so base weights never change and nothing stays on the module. On CUDA the LoRA tensors stay in
 pinned host memory and reach the GPU two-block groups at a time, up to two groups ahead of use
-(`freefuse_core.Prefetcher`), so a run holds only those blocks' terms on the GPU, not every layer's;
+(`freefuse_core.Prefetcher`), so a run holds only those blocks' terms on the GPU, not every layer's
+(a ring of three groups' buffers, kept from one sampler call to the next while the model stays loaded);
 terms with materialised deltas (LoHa, LoKr: as large as the base weight) stay resident.
 
 Which mask a layer uses depends on the tokens it sees, fixed per layer name:
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..freefuse_core import HAS_TRITON, MaskedLowRank, Prefetcher, up_gelu, up_rms_norm
-from .host import PatcherInjection, comfy_ops, comfy_utils, flux_layers
+from .host import CallbacksMP, PatcherInjection, comfy_ops, comfy_utils, flux_layers
 from .loras import FreeFuseLora
 
 INJECTION_KEY = "freefuse"
@@ -128,18 +129,35 @@ class LoraInjection:
         self.targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def inject(self, patcher) -> None:
+        """Each target's forward set in the instance's own `__dict__` (ComfyUI ejects and injects again
+        around its hook patching, three times a sampler call: `nn.Module.__setattr__`'s checks cost
+        milliseconds over a Flux's ~470 targets, and a plain function attribute needs none of them)."""
+        holder = _RINGS.get("holder")
+        if holder is not None and holder() not in (None, self):
+            holder().prefetcher.clear()
+        _RINGS["holder"] = weakref.ref(self)
         for module, over, forward in self._targets(patcher.model.diffusion_model):
-            previous = self.saved[module] = module.__dict__.get("forward")
-            module.forward = forward if previous is None else over(previous)
+            own = module.__dict__
+            previous = self.saved[module] = own.get("forward")
+            own["forward"] = forward if previous is None else over(previous)
 
     def eject(self, patcher) -> None:
+        """The forwards restored; the prefetch rings stay (`detached` says until when)."""
         for module, previous in self.saved.items():
             if previous is None:
-                del module.forward
+                del module.__dict__["forward"]
             else:
-                module.forward = previous
+                module.__dict__["forward"] = previous
         self.saved.clear()
-        self.prefetcher.clear()
+
+    def detached(self, patcher, unpatch_all: bool) -> None:
+        """ComfyUI's ON_DETACH callback. A full unload (`unpatch_all`) frees the prefetch rings. ComfyUI
+        also detaches a model, without unpatching it, at every sampler call that loads it or another
+        clone of it, and ejects it around its hook patching: the rings stay through those, or each call
+        would rebuild every layer's views over them (~950 a call). So that a model some other clone
+        replaced cannot keep them long, only the last injected LoRA set holds rings (`inject`)."""
+        if unpatch_all:
+            self.prefetcher.clear()
 
     def as_patcher_injection(self) -> PatcherInjection:
         return PatcherInjection(inject=self.inject, eject=self.eject)
@@ -173,6 +191,9 @@ class LoraInjection:
                 self.cast[key] = lowrank.to(device, dtype)
             return self.cast[key]
         return cast
+
+
+_RINGS: dict[str, weakref.ref] = {}   # "holder": the last injected LoraInjection, the one whose rings may stay
 
 
 def _own_forward(module):
@@ -313,6 +334,8 @@ def attach_lora(model, lora: FreeFuseLora):
     clone.set_attachments(ATTACHMENT_KEY, loras)
     injection = LoraInjection(loras, model.model.diffusion_model)
     clone.set_injections(INJECTION_KEY, [injection.as_patcher_injection()])
+    clone.remove_callbacks_with_key(CallbacksMP.ON_DETACH, INJECTION_KEY)
+    clone.add_callback_with_key(CallbacksMP.ON_DETACH, INJECTION_KEY, injection.detached)
     return clone
 
 
