@@ -4,13 +4,15 @@ Appendix A: steps `0..k-1` run with the LoRAs joint and unmasked; in the evaluat
 the joint attention of double block `b` is read and the masks are voted; every later evaluation
 multiplies each LoRA's output by its mask.
 
-Stage 1 runs ComfyUI's own sampler twice on one schedule: steps `0..k-1` (`last_step = k`, the
-latent kept with its leftover noise, as KSamplerAdvanced does), then step `k` from that latent,
-stopped inside double block `b` once `q, k` are read: the blocks after `b` never run. The step of
-the capture is the first evaluation of the second call, and the capture checks that its sigma is
-`sigmas[k]` of the schedule. `x0` for the superpixels is the prediction of step `k-1`, the last
-complete evaluation (the sampler's step callback hands it over); it is decoded before step `k`
-runs, so SLIC works on the CPU in a worker thread while the GPU evaluates step `k`.
+Stage 1 runs ComfyUI's own sampler twice on one schedule, both times on one patched clone of the
+model: steps `0..k-1` (`last_step = k`, the latent kept with its leftover noise, as KSamplerAdvanced
+does), then step `k` from that latent, stopped inside double block `b` once `q, k` are read: the
+blocks after `b` never run. Block `b`'s replacement passes through (to the replacement it took the
+place of, if any) until the second call arms it; the step of the capture is that call's first
+evaluation, and the capture checks that its sigma is `sigmas[k]` of the schedule. `x0` for the
+superpixels is the prediction of step `k-1`, the last complete evaluation (the sampler's step
+callback hands it over); it is decoded before step `k` runs, so SLIC works on the CPU in a worker
+thread while the GPU evaluates step `k`.
 
 Stage 2 either samples again from step 0 with the same seed and schedule ("restart", default) or
 goes on from the step-`k` latent ("continue"). Masks reach the layers through a diffusion-model
@@ -41,6 +43,10 @@ from .loras import FreeFuseLora, require_flux
 from .prompt import prompt_of
 
 EXTRACT_NODE = "FreeFuse Mask Extract (step/block)"
+# Long side of the x0 copy SLIC segments (ours). At FLUX's 1024 px and sqrt(H W) = 1024 superpixels, 192 px
+# gives each superpixel 6 x 6 px of the copy; the toy world at that density (96 px of its 256) and at 4 x 4
+# (64 px) votes as at its full size (docs/fidelity.md), and SLIC then ends before step k's capture.
+SUPERPIXEL_PX = 192
 SAMPLER_NODE = "FreeFuse Masked LoRA Sampler"
 WRAPPER_KEY = "freefuse"
 log = logging.getLogger(__name__)
@@ -94,27 +100,31 @@ def _loras_wrapper(loras_on: bool):
     return wrapper
 
 
-def _capture_patch(grid: tuple[int, int], token_sets, sigma_k: float):
-    """A `dit` double-block replacement that reads post-RoPE q, k of that block and stops."""
+class _Capture:
+    """A `dit` double-block replacement that, once armed, reads post-RoPE q, k of that block and stops;
+    unarmed, it runs the block as it is, through the replacement it took the place of if there was one."""
 
-    def capture_override(func, q, k, v, heads, **kwargs):
+    def __init__(self, grid: tuple[int, int], token_sets, sigma_k: float, previous=None):
+        self.grid, self.token_sets, self.sigma_k, self.previous = grid, token_sets, sigma_k, previous
+        self.armed = False
+
+    def override(self, func, q, k, v, heads, **kwargs):
         opts = kwargs["transformer_options"]
         chunks = opts["cond_or_uncond"]
         per_chunk = q.shape[0] // len(chunks)
         rows = [c * per_chunk + i for c, kind in enumerate(chunks) if kind == 0 for i in range(per_chunk)]
-        raise _Captured(subject_maps(q[rows], k[rows], opts["freefuse_txt_len"], grid, token_sets))
+        raise _Captured(subject_maps(q[rows], k[rows], opts["freefuse_txt_len"], self.grid, self.token_sets))
 
-    def replace_block(args, extra):
+    def replace_block(self, args, extra):
+        if not self.armed:
+            return extra["original_block"](args) if self.previous is None else self.previous(args, extra)
         opts = args["transformer_options"]
         sigma = float(opts["sigmas"].flatten()[0])
-        if abs(sigma - sigma_k) > 1e-4 * max(1.0, abs(sigma_k)):
+        if abs(sigma - self.sigma_k) > 1e-4 * max(1.0, abs(self.sigma_k)):
             raise RuntimeError(f"{EXTRACT_NODE}: attention capture ran at sigma {sigma:.5f}, expected "
-                               f"the step's sigma {sigma_k:.5f}; this is a bug, please report it.")
-        opts = {**opts, "optimized_attention_override": capture_override,
-                "freefuse_txt_len": args["txt"].shape[1]}
+                               f"the step's sigma {self.sigma_k:.5f}; this is a bug, please report it.")
+        opts = {**opts, "optimized_attention_override": self.override, "freefuse_txt_len": args["txt"].shape[1]}
         return extra["original_block"]({**args, "transformer_options": opts})
-
-    return replace_block
 
 
 def validate_settings(model, steps: int, step: int, block: int, denoise: float) -> None:
@@ -163,7 +173,7 @@ def _sigmas(setup: SamplingSetup) -> torch.Tensor:
 
 
 def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool,
-            sigma: float, image_source: str, superpixel_px: int = 256) -> FreeFuseMasks:
+            sigma: float, image_source: str, superpixel_px: int = SUPERPIXEL_PX) -> FreeFuseMasks:
     """Stage 1: steps 0..k-1, then attention at double block `block` of step `step`, then masks."""
     validate_settings(setup.model, setup.steps, step, block, setup.denoise)
     subjects = subject_loras(setup.model)
@@ -175,8 +185,7 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
                          f"not fit: {error}. Write each subject's activation word in the prompt, or fix "
                          "activation_words in its FreeFuse LoRA Loader.") from error
 
-    model = setup.model.clone()
-    model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
+    model, capture = capture_model(setup, block, loras_before, token_sets, step)
     x0 = {}
     preview = latent_preview.prepare_callback(model, step)
 
@@ -191,25 +200,36 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
     size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool, quick_gil_handoff():
         segments = pool.submit(_superpixels, image, sigma, size)   # on the CPU while the GPU runs step k
-        maps = _capture_maps(setup, samples, step, block, loras_before, token_sets)
+        maps = _capture_maps(model, capture, setup, samples, step, block)
         segments = segments.result()
     return _vote(subjects, token_sets, maps, image, segments, step, block, setup,
                  {**setup.latent, "samples": samples})
 
 
-def _capture_maps(setup: SamplingSetup, samples: torch.Tensor, step: int, block: int, loras_before: bool,
-                  token_sets) -> torch.Tensor:
+def capture_model(setup: SamplingSetup, block: int, loras_before: bool, token_sets, step: int):
+    """The clone both stage-1 calls sample: LoRAs on or off per `loras_before`, double block `block`
+    replaced by an unarmed `_Capture` for step `step`'s sigma."""
+    options = setup.model.model_options.get("transformer_options", {})
+    previous = options.get("patches_replace", {}).get("dit", {}).get(("double_block", block))
+    capture = _Capture(_grid(setup.latent), token_sets, float(_sigmas(setup)[step]), previous)
+    model = setup.model.clone()
+    model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
+    model.set_model_patch_replace(capture.replace_block, "dit", "double_block", block)
+    return model, capture
+
+
+def _capture_maps(model, capture: _Capture, setup: SamplingSetup, samples: torch.Tensor, step: int,
+                  block: int) -> torch.Tensor:
     """Eq. 5-10 from double block `block` of step `step`, the evaluation stopped right there."""
-    capture = setup.model.clone()
-    capture.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
-    capture.set_model_patch_replace(_capture_patch(_grid(setup.latent), token_sets, float(_sigmas(setup)[step])),
-                                    "dit", "double_block", block)
+    capture.armed = True
     try:
-        run_sampler(capture, setup, comfy_sample.prepare_empty_noise(samples), samples, None,
+        run_sampler(model, setup, comfy_sample.prepare_empty_noise(samples), samples, None,
                     cfg=1.0, sampler_name="euler", disable_noise=True, start_step=step, last_step=step + 1,
                     disable_pbar=True)
     except _Captured as captured:
         return captured.maps.float().cpu()
+    finally:
+        capture.armed = False
     raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
                        "another node may replace that block. Remove it or choose another block.")
 

@@ -360,6 +360,54 @@ def test_prefetched_lora_terms_give_the_same_samples_and_leave_nothing_on_the_de
     assert not prefetcher.rings
 
 
+def test_prefetch_rings_stay_across_sampler_calls_until_the_model_is_unloaded_or_another_lora_set_loads(
+        world, two_loras, monkeypatch):
+    """ComfyUI detaches and ejects a model at every sampler call that loads it: the ring (its buffers and
+    views) is the same object through the extraction's two calls and the masked pass, is gone after a
+    full unload, and goes when a model of another LoRA set is injected."""
+    injection = module(world.pack, "freefuse_comfy.injection")
+    monkeypatch.setattr(injection, "STAGED_DEVICES", frozenset({"cpu"}))
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    prefetcher = model.get_injections(injection.INJECTION_KEY)[0].inject.__self__.prefetcher
+    rings, fetch = set(), prefetcher.fetch
+
+    def recorded(*args):
+        lowrank = fetch(*args)
+        rings.add(id(prefetcher.rings[args[1:]]))
+        return lowrank
+
+    monkeypatch.setattr(prefetcher, "fetch", recorded)
+    world.masked(world.extract(model))
+    assert len(rings) == 1
+    assert prefetcher.rings
+    comfy.model_management.unload_all_models()
+    assert not prefetcher.rings
+    world.extract(model)
+    assert prefetcher.rings
+    other = world.loras((b, "Bob"), (a, "Alice"))
+    world.extract(other)
+    assert not prefetcher.rings
+    comfy.model_management.unload_all_models()
+
+
+def test_a_replacement_of_the_capture_block_still_runs_in_the_steps_before_k(world, two_loras):
+    """Stage 1 samples one clone with block b replaced by the capture; before step k the capture passes
+    through to the replacement another node had put there, once per evaluation (steps 0..k-1)."""
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob")).clone()
+    calls = []
+
+    def counted(args, extra):
+        calls.append(float(args["transformer_options"]["sigmas"].flatten()[0]))
+        return extra["original_block"](args)
+
+    model.set_model_patch_replace(counted, "dit", "double_block", 1)
+    masks = world.extract(model, mask_step=2, mask_block=1)
+    assert len(calls) == 2 and calls[0] > calls[1]
+    assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
+
+
 def test_held_terms_join_the_gelu_and_qk_norm_after_their_layer_with_the_same_samples(world, two_loras, monkeypatch):
     """The path that adds LoRA terms inside the op that reads the layer's output next (CUDA with Triton)
     forced onto the CPU: the GELU after every double-block MLP-in layer, and where a LoRA has terms on
