@@ -1,5 +1,5 @@
 from ..freefuse_comfy.host import comfy_samplers, io
-from ..freefuse_comfy.sampling import SamplingSetup, extract
+from ..freefuse_comfy.sampling import SUPERPIXEL_PX, SamplingSetup, extract
 from .types import FreeFuseMasksType
 
 
@@ -46,7 +46,7 @@ class FreeFuseMaskExtract(io.ComfyNode):
                 io.Combo.Input("x0_image", options=["vae", "latent rgb"], default="vae", advanced=True,
                                tooltip="Image for the superpixels: 'vae' decodes the predicted x0 (paper); "
                                        "'latent rgb' is a cheap linear preview of the latent."),
-                io.Int.Input("superpixel_px", default=256, min=64, max=8192, step=64, advanced=True,
+                io.Int.Input("superpixel_px", default=SUPERPIXEL_PX, min=64, max=8192, step=64, advanced=True,
                              tooltip="Long side, in pixels, of the x0 image that SLIC segments (ours: the "
                                      "paper segments the full image). The superpixel count stays "
                                      "sqrt(H*W) of the full image; masks come back at full size."),

@@ -46,12 +46,12 @@ class Graph:
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-def freefuse_pair(g: Graph, x: int, schedule: tuple[int, int, int], model, positive, latent, vae):
-    """Mask Extract (steps, mask step, mask block as given) and the Masked LoRA Sampler after it;
-    `model`, `positive`, `vae` are (node, output slot)."""
-    steps, step, block = schedule
+def freefuse_pair(g: Graph, x: int, schedule: tuple[int, int, int, int], model, positive, latent, vae):
+    """Mask Extract (steps, mask step, mask block, superpixel px as given) and the Masked LoRA Sampler after
+    it; `model`, `positive`, `vae` are (node, output slot)."""
+    steps, step, block, superpixel_px = schedule
     extract = g.node("FreeFuseMaskExtract", (x, 200),
-                     [0, "fixed", steps, 1.0, "euler", "simple", 1.0, step, block, "joint", 1.0, "vae", 256],
+                     [0, "fixed", steps, 1.0, "euler", "simple", 1.0, step, block, "joint", 1.0, "vae", superpixel_px],
                      inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                              ("latent_image", "LATENT"), ("vae", "VAE")],
                      outputs=[("freefuse_masks", "FREEFUSE_MASKS")], size=(340, 420))
@@ -86,7 +86,7 @@ def workflow(subjects: int, style: bool) -> dict:
     g.link(encode, 0, guidance, "conditioning")
     latent = g.node("EmptyLatentImage", (0, 420), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
     vae = g.node("VAELoader", (0, 580), ["ae.safetensors"], outputs=[("VAE", "VAE")])
-    extract, sampler = freefuse_pair(g, 1120, (28, 6, 16), (model, 0), (guidance, 0), latent, (vae, 0))
+    extract, sampler = freefuse_pair(g, 1120, (28, 6, 16, 192), (model, 0), (guidance, 0), latent, (vae, 0))
     decode = g.node("VAEDecode", (1840, 200), inputs=[("samples", "LATENT"), ("vae", "VAE")],
                     outputs=[("IMAGE", "IMAGE")])
     g.link(sampler, 0, decode, "samples")
@@ -122,7 +122,7 @@ def toy_workflow() -> dict:
                     outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 160))
     g.link(world, 1, encode, "clip")
     latent = g.node("EmptyLatentImage", (0, 420), [256, 256, 1], outputs=[("LATENT", "LATENT")])
-    extract, sampler = freefuse_pair(g, 1000, (20, 4, 1), (model, 0), (encode, 0), latent, (world, 2))
+    extract, sampler = freefuse_pair(g, 1000, (20, 4, 1, 256), (model, 0), (encode, 0), latent, (world, 2))
     ksampler = g.node("KSampler", (1000, 640), [0, "fixed", 20, 1.0, "euler", "simple", 1.0],
                       inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                               ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")], size=(320, 260))

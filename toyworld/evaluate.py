@@ -57,6 +57,7 @@ CHANGES = {
     "block 0": {"mask_block": 0}, "block 2": {"mask_block": 2},
     "step 2": {"mask_step": 2}, "step 6": {"mask_step": 6}, "step 10": {"mask_step": 10},
     "superpixels 128 px": {"superpixel_px": 128},
+    "superpixels 96 px": {"superpixel_px": 96}, "superpixels 64 px": {"superpixel_px": 64},
 }
 
 
