@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
 # layer: layer_bench.py --fused), `main` (rows b, c, d, c', and c-unfused, d-unfused with every term in
-# its layer; the extraction timed 3 times), `subjects` (4 subjects: b, c, d), `profile` (GPU kernel time
-# of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused, d, d-unfused timed in turn,
-# 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel time at 1024 px, cProfile at
-# 128 px: host- or GPU-bound?). Results go to OUT_DIR; copy them to docs/bench/, then run
-# `python3 bench/report.py`.
-#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host]
-# (layers, main and subjects when none is named; before the -fused rows, `main` alone took 210 to
-# 260 s on an H200)
+# its layer; the extraction timed 3 times), `subjects` (4 subjects: b, c, d, c with resident terms),
+# `profile` (GPU kernel time of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused,
+# d, d-unfused timed in turn, 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel
+# time at 1024 px, cProfile at 128 px: host- or GPU-bound?), `extraction` (where a warm extraction's time
+# goes: 9 pairs of it and its first k steps, its stages, the capture, SLIC and voting alone;
+# `vote_bench.py`, `slic_bench.py`), `staging` (4 subjects: 8 masked steps with the terms prefetched and
+# resident, GPU kernel time, the pinned copy rate). Results go to OUT_DIR; copy them to docs/bench/, then
+# run `python3 bench/report.py`.
+#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
+#       [host] [extraction] [staging]
+# Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu) and MAIN_PAIRS (3) set main's rows
+# and extraction pairs; `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row
+# 210 to 290 s.
 set -uo pipefail
-out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host]}
+out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
@@ -19,11 +24,12 @@ log() { grep -v "it/s" > "$out/$1"; }
 for part in $parts; do
   case $part in
     layers) python3 bench/layer_bench.py --fused > "$out/fused_layers.txt" 2>&1; cat "$out/fused_layers.txt" ;;
-    main) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --rows bcd --extraction-repeats 3 \
+    main) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --rows "${MAIN_ROWS:-bcdpu}" \
+            --extraction-repeats "${MAIN_PAIRS:-3}" \
             > "$out/main_stdout.txt" 2> >(log main_log.txt)
           tail -16 "$out/main_stdout.txt" ;;
     subjects) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part subjects --subjects 4 \
-                --rows bcd --repeats 1 > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
+                --rows bcdp --repeats 1 > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
               [ -f "$out/subjects.json" ] && mv "$out/subjects.json" "$out/subjects4.json"
               cat "$out/subjects_stdout.txt" ;;
     pairs) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part pairs --repeats 3 \
@@ -35,6 +41,14 @@ for part in $parts; do
     profile) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part profile \
                > "$out/profile.txt" 2> >(log profile_log.txt)
              grep "^== " "$out/profile.txt" ;;
-    *) echo "unknown part '$part': use layers, main, subjects, profile, pairs or host" >&2; exit 2 ;;
+    extraction) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part extraction \
+                  --extraction-repeats 9 > "$out/extraction_stdout.txt" 2> >(log extraction_log.txt)
+                { python3 bench/vote_bench.py; python3 bench/slic_bench.py; } > "$out/extraction_cpu.txt" 2>&1
+                grep "pairs\|alone" "$out/extraction_log.txt"; cat "$out/extraction_cpu.txt" ;;
+    staging) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part staging --subjects 4 \
+               > "$out/staging_stdout.txt" 2> >(log staging_log.txt)
+             grep "staging" "$out/staging_log.txt" ;;
+    *) echo "unknown part '$part': use layers, main, subjects, profile, pairs, host, extraction or staging" >&2
+       exit 2 ;;
   esac
 done

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import json
 import platform
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
@@ -37,7 +39,8 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--comfyui", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls", "pairs", "host"])
+    p.add_argument("--part", default="main", choices=["main", "subjects", "sizes", "profile", "calls", "pairs", "host",
+                                                      "extraction", "staging"])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
@@ -47,7 +50,8 @@ def parse_args():
     p.add_argument("--disable-dynamic-vram", action="store_true")
     p.add_argument("--fp8", action="store_true", help="base weights stored as float8_e4m3fn (bf16 compute)")
     p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
-    p.add_argument("--rows", default="abcde", help="which rows of the main and subjects parts to run")
+    p.add_argument("--rows", default="abcdepu", help="which rows of the main and subjects parts to run (p: c' with "
+                   "the terms resident, u: c-unfused and d-unfused)")
     p.add_argument("--subjects", default="2,3,4", help="subject counts of the subjects part")
     return p.parse_args()
 
@@ -62,6 +66,7 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing(True)
 import comfy.cli_args  # noqa: E402,F401
 import comfy.lora  # noqa: E402
+import comfy.model_patcher  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
@@ -351,6 +356,16 @@ def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:
     return 1000 * statistics.median(times)
 
 
+def first_k_steps(setup, step: int, block: int):
+    """The extraction's first sampler call alone (steps 0..k-1, LoRAs joint, on the clone stage 1 samples):
+    what the default path runs anyway, so the extraction's cost is what it adds over this. (A plain KSampler
+    on the FreeFuse model is no baseline: with no evaluation's `CallMasks` it adds every term in its layer.)"""
+    sampling = glue.sampling
+    model, _ = sampling.capture_model(setup, block, True, (), step)
+    return lambda: sampling.run_sampler(model, setup, sampling.noise_of(setup), sampling.latent_image_of(setup), None,
+                                        last_step=step, force_full_denoise=False)
+
+
 def unfused_rows(bench: Bench, names, setup, rows: dict, todo: str, repeats: int) -> float | None:
     """Rows c-unfused and d-unfused; returns the latents' max |difference| of continue, default against
     unfused, on the same masks."""
@@ -395,39 +410,32 @@ def main_part(bench: Bench):
     if "d" in todo:
         rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats, "d")
     parity = resident_gib = None
-    if "c" in todo:  # the same run with every LoRA term resident on the GPU (no prefetch): cost and parity
+    if "p" in todo:  # c with every LoRA term resident on the GPU (no prefetch): cost and parity
         prefetched = bench.freefuse(setup, "continue")[0]["samples"]
-        staged_devices = glue.injection.STAGED_DEVICES
-        glue.injection.STAGED_DEVICES = frozenset()
-        mm.unload_all_models()
-        try:
-            resident = bench.freefuse(setup, "continue")[0]["samples"]
-            parity = float((prefetched.float() - resident.float()).abs().max())
-            note(f"continue, prefetched vs resident LoRA terms: max |diff| of the latents {parity}")
-            rows["c' continue, LoRA terms resident"] = measure(lambda: bench.freefuse(setup, "continue"), repeats,
-                                                               "c'")
-            resident_gib = lora_gib(ours)["gpu"]
-        finally:
-            glue.injection.STAGED_DEVICES = staged_devices
-            mm.unload_all_models()
-            injection_of(ours).cast.clear()
+
+        def resident_row():
+            samples = bench.freefuse(setup, "continue")[0]["samples"]
+            diff = float((prefetched.float() - samples.float()).abs().max())
+            note(f"continue, prefetched vs resident LoRA terms: max |diff| of the latents {diff}")
+            return diff, measure(lambda: bench.freefuse(setup, "continue"), repeats, "c'"), lora_gib(ours)["gpu"]
+        parity, rows["c' continue, LoRA terms resident"], resident_gib = resident(resident_row, ours)
     unfused_diff = unfused_error = None
-    if fuses():   # c and d with every term added in its layer
+    if "u" in todo and fuses():   # c and d with every term added in its layer
         try:
             unfused_diff = unfused_rows(bench, names, setup, rows, todo, repeats)
         except Exception as error:   # as for any row: it must not cost the call the others
             unfused_error = f"{type(error).__name__}: {error}"
             note(f"the -unfused rows failed: {unfused_error}")
     stage_times = {}
-    for px in (256, 128):
+    default_px = glue.sampling.SUPERPIXEL_PX
+    for px in (default_px, 128):
         with StageTimer(bench.vae) as stages:
             glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae", px)
         stage_times[px] = stages.totals
     pairs = []
     for _ in range(ARGS.extraction_repeats):   # an extraction, then its first k steps alone, in turn
         pairs.append((timed(lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae"))[0],
-                      timed(lambda: nodes.common_ksampler(ours, 0, steps, 1.0, "euler", "simple", setup.positive,
-                                                          setup.positive, setup.latent, last_step=6)[0])[0]))
+                      timed(first_k_steps(setup, 6, block))[0]))
     added = statistics.median(e - k for e, k in pairs)
     note("extraction, first k steps alone: " + ", ".join(f"{e:.3f} s, {k:.3f} s" for e, k in pairs)
          + f"; stages {stage_times}")
@@ -441,7 +449,8 @@ def main_part(bench: Bench):
         "dynamic_vram": not ARGS.disable_dynamic_vram, "fp8": ARGS.fp8, "steps": steps, "size": size, "rank": rank,
         "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
         "first_run_after_lora_change": first,
-        "extraction_breakdown_seconds": stage_times[256],
+        "superpixel_px": default_px,
+        "extraction_breakdown_seconds": stage_times[default_px],
         "extraction_breakdown_seconds_128px": stage_times[128],
         "lora_gib": lora_gib(ours),
         "lora_gib_on_gpu_resident": resident_gib,
@@ -450,6 +459,20 @@ def main_part(bench: Bench):
         "unfused_rows_error": unfused_error,
         "extraction_over_first_k_steps_seconds": added,
     }
+
+
+def resident(run, model):
+    """`run()` with every LoRA term of `model` resident on the GPU (no prefetch), the models unloaded before
+    and after so the switch reloads them."""
+    staged = glue.injection.STAGED_DEVICES
+    glue.injection.STAGED_DEVICES = frozenset()
+    mm.unload_all_models()
+    try:
+        return run()
+    finally:
+        glue.injection.STAGED_DEVICES = staged
+        mm.unload_all_models()
+        injection_of(model).cast.clear()
 
 
 def subjects_part(bench: Bench):
@@ -464,6 +487,9 @@ def subjects_part(bench: Bench):
             row["b"] = measure(lambda: bench.stock(merged, setup), 1, f"b {subjects}")
             row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
             row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
+            if "p" in ARGS.rows:
+                row["c resident"] = resident(lambda: measure(lambda: bench.freefuse(setup, "continue"), 1,
+                                                             f"c {subjects}, terms resident"), setup.model)
         if "e" not in ARGS.rows:
             continue
         small = bench.setup(setup.model, subjects, 512, ARGS.steps)
@@ -631,6 +657,153 @@ def calls_part(bench: Bench):
     return out
 
 
+class GcTimer:
+    """Seconds spent in Python's cyclic garbage collector while inside, per generation collected."""
+
+    def __init__(self):
+        self.seconds = {0: 0.0, 1: 0.0, 2: 0.0}
+        self.started = None
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.started is not None:
+            self.seconds[info["generation"]] += time.perf_counter() - self.started
+            self.started = None
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
+def median_ms(run, repeats: int = 5) -> float:
+    return 1000 * statistics.median(timed(run)[0] for _ in range(repeats))
+
+
+def extraction_part(bench: Bench):
+    """Where a warm extraction's time goes, 2 subjects at --size: --extraction-repeats pairs (the extraction,
+    then its first k steps alone) with the garbage collector's time in each; the stages of 3 extractions,
+    ComfyUI's model loads and injections among them; the step-k capture alone at block b and at block 0,
+    beside SLIC and not, with its GPU kernel time; SLIC and the voting alone, the voting also right after
+    SLIC and with one torch thread. (No cProfile: on Python 3.12 the capture's exception, unwinding through
+    the model, leaves its listing without the calls above the model.)"""
+    names = bench.loras(ARGS.rank, 2)
+    setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
+    block, step = (1 if ARGS.small else 16), 6
+    extract = lambda: glue.sampling.extract(setup, bench.vae, step, block, True, 1.0, "vae")  # noqa: E731
+    first_k = first_k_steps(setup, step, block)
+    masks = extract()
+    first_k()
+    pairs = []
+    for _ in range(ARGS.extraction_repeats):
+        with GcTimer() as gc_extract:
+            e = timed(extract)[0]
+        with GcTimer() as gc_first:
+            k = timed(first_k)[0]
+        pairs.append({"extraction": e, "first_k": k, "added": e - k, "gc_extraction": gc_extract.seconds,
+                      "gc_first_k": gc_first.seconds})
+    note("pairs (extraction - first k, ms): " + ", ".join(f"{1000 * p['added']:.0f}" for p in pairs))
+    timer = StageTimer(bench.vae)
+    timer.STAGES.update({"voting, whole (_vote)": (glue.sampling, "_vote"),
+                         "capture call (_capture_maps)": (glue.sampling, "_capture_maps"),
+                         "sampler calls (run_sampler)": (glue.sampling, "run_sampler"),
+                         "load_models_gpu": (mm, "load_models_gpu"),
+                         "inject_model": (comfy.model_patcher.ModelPatcher, "inject_model"),
+                         "eject_model": (comfy.model_patcher.ModelPatcher, "eject_model")})
+    timer.totals = dict.fromkeys(timer.STAGES, 0.0)
+    with timer:
+        for _ in range(3):
+            extract()
+    stages = {name: seconds / 3 for name, seconds in timer.totals.items()}
+    sampling = glue.sampling
+    prompt = glue.prompt.prompt_of(setup.positive, "bench")
+    subjects = sampling.subject_loras(setup.model)
+    token_sets = core.find_subject_tokens(prompt.text, prompt.pieces, [(s.name, s.words) for s in subjects])
+    samples = masks.latent_at_step["samples"]
+    image, size = masks.image, tuple(8 * d for d in setup.latent["samples"].shape[-2:])
+    patched = {b: sampling.capture_model(setup, b, True, token_sets, step) for b in (0, block)}
+    capture = lambda b: sampling._capture_maps(*patched[b], setup, samples, step, b)  # noqa: E731
+    slic = lambda: sampling._superpixels(image, 1.0, size)  # noqa: E731
+    segments = slic()
+    smaller = {px: torch.nn.functional.interpolate(image.movedim(-1, 1), size=(px, px), mode="area").movedim(1, -1)
+               for px in (192, 128)}
+    maps = capture(block)
+    vote = lambda: sampling._vote(subjects, token_sets, maps, image, segments, step, block, setup,  # noqa: E731
+                                  masks.latent_at_step)
+
+    def beside_slic():
+        with ThreadPoolExecutor(max_workers=1) as pool, core.quick_gil_handoff():
+            future = pool.submit(slic)
+            capture(block)
+            future.result()
+
+    def vote_after_slic():
+        slic()
+        sync()
+        start = time.perf_counter()
+        vote()
+        return time.perf_counter() - start
+
+    def one_thread(run):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return median_ms(run)
+        finally:
+            torch.set_num_threads(threads)
+
+    alone = {f"capture to block {block}": median_ms(lambda: capture(block)),
+             "capture to block 0": median_ms(lambda: capture(0)),
+             f"capture to block {block} beside SLIC (both)": median_ms(beside_slic),
+             "SLIC alone": median_ms(slic),
+             **{f"SLIC alone at {px} px": median_ms(lambda: sampling._superpixels(smaller[px], 1.0, size))
+                for px in smaller},
+             "voting alone (_vote)": median_ms(vote),
+             "voting right after SLIC": 1000 * statistics.median(vote_after_slic() for _ in range(5)),
+             "voting, one torch thread": one_thread(vote),
+             "torch threads": torch.get_num_threads()}
+    wall, busy, _ = profile_run(lambda: capture(block))
+    alone[f"capture to block {block}, profiled: wall"] = 1000 * wall
+    alone[f"capture to block {block}, profiled: GPU kernels"] = 1000 * busy
+    note(f"alone (ms): {alone}")
+    added = statistics.median(p["added"] for p in pairs)
+    return {"device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", "size": ARGS.size,
+            "steps": ARGS.steps, "pairs": pairs, "added_median_s": added, "stages_per_extraction_s": stages,
+            "alone_ms": alone}
+
+
+def staging_part(bench: Bench):
+    """Where 4 subjects' masked steps go: 8 steps of c's masked model with the LoRA terms prefetched (the
+    default) and resident, wall and GPU kernel time each, beside b's; and the pinned-host-to-GPU copy rate
+    (the prefetch moves every layer's terms, 4 x 0.42 GiB at rank 32, once a step)."""
+    subjects = max(int(n) for n in ARGS.subjects.split(","))
+    names = bench.loras(ARGS.rank, subjects)
+    ours = bench.freefuse_model(names)
+    setup = bench.setup(ours, subjects, ARGS.size, 8)
+    masks = glue.sampling.extract(setup, bench.vae, 6, 1 if ARGS.small else 16, True, 1.0, "vae")
+    model = glue.masked.masked_model(masks)
+    merged = bench.merged(names)
+    out = {"subjects": subjects, "lora_gib": lora_gib(ours)}
+
+    def step_times(patcher):
+        run = lambda: nodes.common_ksampler(patcher, 0, 8, 1.0, "euler", "simple", setup.positive,  # noqa: E731
+                                            setup.positive, setup.latent)
+        busy = profile_run(run)[1]
+        return {"step_ms": median_ms(run, 3) / 8, "gpu_kernel_step_ms": 1000 * busy / 8}
+    out["b merged"] = step_times(merged)
+    out["c masked, prefetched"] = step_times(model)
+    out["c masked, resident"] = resident(lambda: step_times(model), ours)
+    if DEVICE.type == "cuda":
+        source = torch.empty(2**29, dtype=torch.bfloat16).pin_memory()
+        target = torch.empty_like(source, device=DEVICE)
+        out["pinned_copy_gib_per_s"] = 1.0 / (median_ms(lambda: target.copy_(source, non_blocking=True)) / 1000)
+    note(f"staging: {out}")
+    return out
+
+
 def main():
     note("building the model")
     bench = Bench(torch.float8_e4m3fn if ARGS.fp8 else torch.bfloat16)
@@ -665,7 +838,8 @@ def main():
             print(f"freefuse continue / merged = {rows['c FreeFuse continue']['over_b']:.2f}")
     else:
         parts = {"subjects": subjects_part, "sizes": sizes_part, "profile": profile_part, "calls": calls_part,
-                 "pairs": pairs_part, "host": host_part}
+                 "pairs": pairs_part, "host": host_part,
+                 "extraction": extraction_part, "staging": staging_part}
         result = parts[ARGS.part](bench)
         (out / f"{ARGS.part}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result))

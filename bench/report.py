@@ -4,6 +4,7 @@
 """
 import json
 import re
+import statistics
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -81,7 +82,7 @@ def ms(breakdown: dict) -> str:
     return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in breakdown.items())
 
 
-RUNS = (  # the H200 calls of the session before last, one machine each, oldest first: file, what the code did then
+RUNS = (  # the H200 calls of three sessions back, one machine each, oldest first: file, what the code did then
     ("main_before_owner_fix.json", "SLIC beside step k, mask gathered once a run; ring views copied the "
                                    "owner index with a stream sync"),
     ("main_cpu_voting.json", "+ owner index copied once per rank layout without a sync; CPU voting"),
@@ -125,8 +126,9 @@ def runs_table() -> list[str]:
 
 
 def main() -> None:
+    latest = load("main_latest.json")
     main = load("main_default.json")
-    first_call = printed(FIRST_CALL)   # this session's other main call: its printout alone came back
+    first_call = printed(FIRST_CALL)   # the previous session's other main call: its printout alone came back
     newest = load("main_fused.json")
     previous = load("main_previous_session.json")
     best = load("main_cpu_voting.json")
@@ -136,9 +138,10 @@ def main() -> None:
     four = load("subjects4.json")["4"]
     sizes = load("sizes.json")
     subjects = subjects_from_log()
-    rows = main["rows"]
-    b = rows["b stock LoRA (merged)"]
-    c, d = over_b(main, "c"), over_b(main, "d")
+    rows = latest["rows"]
+    c, d = over_b(latest, "c"), over_b(latest, "d")
+    latest_four = load("subjects4_latest.json")["4"]
+    four_latest_c = latest_four["c"][0] / latest_four["b"][0]
     spread_c = [over_b(load(name), "c") for name, _ in RUNS]
     spread_d = [over_b(load(name), "d") for name, _ in RUNS if any(k.startswith("d ") for k in load(name)["rows"])]
     four_c, four_d = four["c"][0] / four["b"][0], four["d"][0] / four["b"][0]
@@ -154,37 +157,44 @@ def main() -> None:
     toy_256 = json.loads((DOCS / "fidelity" / "results_cpu.json").read_text())["two"]["FreeFuse default"]
     toy_128 = json.loads((DOCS / "fidelity" / "results_cpu_superpixels128.json").read_text())["two"]
     toy_128 = toy_128["superpixels 128 px"]
-    bars({k: v["over_b"] for k, v in rows.items()}, RESULTS / "ratios.png",
+    bars({k: v["over_b"] for k, v in main["rows"].items()}, RESULTS / "ratios.png",
          f"time / merged LoRA run (b), FLUX.1-dev-sized model, {main['device']}, {main['size']} px, "
-         f"{main['steps']} steps")
+         f"{main['steps']} steps (2026-12-01 run, every row)")
     lines = [
         "# Benchmark: FreeFuse against an ordinary LoRA run",
         "",
-        f"**freefuse / merged = {d:.2f}** (restart, the default; 2 subjects, {main['size']} px); "
-        f"continue: **{c:.2f}**. Device: {main['device']}. This session's other call of nearly the same code "
-        f"(before the direct kernel launches, `main_default_first_stdout.txt`): restart "
-        f"{first_call['rows']['d'][1]:.2f}, continue {first_call['rows']['c'][1]:.2f}. With every "
-        f"term added in its layer, the previous default (`main_fused.json`): restart {over_b(newest, 'd'):.2f}, "
-        f"continue {over_b(newest, 'c'):.2f}; over the H200 calls of the session before last (table below) continue "
-        f"ranged {min(spread_c):.2f} to {max(spread_c):.2f} and restart {min(spread_d):.2f} to {max(spread_d):.2f}.",
+        f"**freefuse / merged = {d:.2f}** (restart, the default; 2 subjects, {latest['size']} px); "
+        f"continue: **{c:.2f}**. Device: {latest['device']}, this session's final call (`main_latest.json`, "
+        f"rows b, c, d). The two calls of the previous session, with the code before this session's changes: "
+        f"restart {over_b(main, 'd'):.2f} and {first_call['rows']['d'][1]:.2f}, continue {over_b(main, 'c'):.2f} "
+        f"and {first_call['rows']['c'][1]:.2f}. Over the H200 calls of three sessions back (table below) "
+        f"continue ranged {min(spread_c):.2f} to {max(spread_c):.2f} and restart {min(spread_d):.2f} to "
+        f"{max(spread_d):.2f}.",
         "",
-        f"Device: {main['device']} (the lent machine's one GPU), ComfyUI 0.33.0 sampling path, ComfyUI's "
-        f"default memory management (dynamic VRAM {'on' if main['dynamic_vram'] else 'off'}). A FLUX.1-dev-sized "
-        f"Flux (19 double + 38 single blocks, hidden 3072) with random bf16 weights, two random rank-{main['rank']} "
+        f"Device: {latest['device']} (the lent machine's one GPU), ComfyUI 0.33.0 sampling path, ComfyUI's "
+        f"default memory management (dynamic VRAM {'on' if latest['dynamic_vram'] else 'off'}). A FLUX.1-dev-sized "
+        f"Flux (19 double + 38 single blocks, hidden 3072) with random bf16 weights, two random rank-{latest['rank']} "
         "LoRAs in ai-toolkit/diffusers format on every linear layer of every block, random conditioning of the real "
-        f"shapes (512 T5 tokens), {main['size']} x {main['size']} px, {main['steps']} steps, euler/simple, cfg 1, "
-        "batch 1. Times are medians of 2 runs after a warm-up, all rows in one process; ratios are to row b of the "
-        "same run. Mask extraction defaults: step 6, block 16, VAE decode of x0, superpixels at 256 px. Rows c and "
-        "d are the default path on CUDA with Triton (LoRA terms of the MLP-in and q, k columns added in the GELU "
-        "and q/k norm); c-unfused and d-unfused add every term in its layer, as the pack does without Triton.",
+        f"shapes (512 T5 tokens), {latest['size']} x {latest['size']} px, {latest['steps']} steps, euler/simple, "
+        "cfg 1, batch 1. Times are medians of 2 runs after a warm-up, all rows in one process; ratios are to row b "
+        "of the same run. Mask extraction defaults: step 6, block 16, VAE decode of x0, superpixels at "
+        f"{latest['superpixel_px']} px. Rows c and d are the default path on CUDA with Triton (LoRA terms of the "
+        "MLP-in and q, k columns added in the GELU and q/k norm); c-unfused and d-unfused (previous session's "
+        "table, after this one) add every term in its layer, as the pack does without Triton.",
         "",
-        f"Command: `{COMMAND}` (results and logs in `docs/bench/`; this table: `main_default.json`, "
-        "`main_default_log.txt`, `main_default_stdout.txt`).",
+        f"Command: `{COMMAND}` (results and logs in `docs/bench/`; this table: `main_latest.json`, "
+        "`main_latest_log.txt`, `main_latest_stdout.txt`, from `MAIN_ROWS=bcd MAIN_PAIRS=5 bash bench/device_run.sh "
+        "OUT main`).",
         "",
         "| row | seconds | / b | peak GiB |",
         "|---|---|---|---|",
     ]
     lines += [f"| {k} | {v['seconds']:.3f} | {v['over_b']:.3f} | {v['peak_gib']:.2f} |" for k, v in rows.items()]
+    lines += ["", *latest_section(latest, latest_four), "",
+              "## The previous session's final run, every row (`main_default.json`)", "",
+              "| row | seconds | / b | peak GiB |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['seconds']:.3f} | {v['over_b']:.3f} | {v['peak_gib']:.2f} |"
+              for k, v in main["rows"].items()]
     first = main["first_run_after_lora_change"]
     lora = main["lora_gib"]
     lines += [
@@ -199,7 +209,7 @@ def main() -> None:
         "",
         *session_section(main, first_call),
         "",
-        "## The GPU session before last: its runs",
+        "## Three sessions back: its H200 runs",
         "",
         "Each H200 call got a fresh machine. The same code gives different ratios on different machines: the "
         "superpixel column is SLIC's time on the host CPU (about 1024 segments of a 256 px image), a rough gauge "
@@ -236,13 +246,14 @@ def main() -> None:
         "",
         f"Two rank-32 LoRAs on every layer are {main['lora_gib_on_gpu_resident']:.2f} GiB of tensors. Held on the "
         f"GPU (row c') they raise the peak by {peak_over_b(main, RESIDENT):.2f} GiB over b. On CUDA the pack keeps "
-        "them in pinned host memory, one buffer per two transformer blocks (one per block before this session), and "
+        "them in pinned host memory, one buffer per two transformer blocks (one per block before the previous "
+        "session), and "
         "copies each group's terms into a ring of 3 GPU buffers two groups ahead of use, on a side stream "
         "(`freefuse_core/prefetch.py`). "
         f"In this run: {lora['gpu']:.3f} GiB of ring on the GPU and {lora['pinned_host']:.2f} GiB pinned on the "
         f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB; the other calls of that session gave "
         + ", ".join(f"{peak_over_b(load(name), 'c'):.2f}" for name, _ in RUNS)
-        + " in the calls of the session before last (the cause of the difference was not found). The latents of "
+        + " in the calls of three sessions back (the cause of the difference was not found). The latents of "
         "c with prefetched and with resident "
         f"terms differ by max |diff| {main['prefetched_vs_resident_max_abs_diff']}. One non-blocking 13 MiB copy "
         f"from pinned memory takes {main['host_side_copy_ms_13mib'] * 1000:.0f} us of host time (asynchronous). "
@@ -251,24 +262,23 @@ def main() -> None:
         "",
         f"First run after a LoRA or strength change (load + sampling): merged {first['b merged']:.1f} s, "
         f"FreeFuse continue {first['c FreeFuse continue']:.1f} s. Between machines this varies more than the "
-        f"rest: merged took {min(firsts):.1f} to {max(firsts):.1f} s in the calls of the session before last.",
+        f"rest: merged took {min(firsts):.1f} to {max(firsts):.1f} s in the calls of three sessions back.",
         "",
-        "## Mask extraction",
+        "## Mask extraction (the previous session's final run, superpixels at 256 px)",
         "",
-        f"Over the first k steps alone: {main['extraction_over_first_k_steps_seconds']:.3f} s = "
-        f"{extraction(main):.4f} of b in the final run; {extraction(best):.4f} in `main_cpu_voting.json`. Stages "
-        f"(final run): {ms(main['extraction_breakdown_seconds'])}. SLIC runs beside the step-k evaluation, so "
-        "the stages add up to more than the whole; when the host CPU is slow, SLIC outlasts step k. The "
-        "`x0 to image` stage is timed on the first extraction after the models were unloaded, so it includes "
-        "loading the VAE.",
+        f"Over the first k steps of a plain KSampler: {main['extraction_over_first_k_steps_seconds']:.3f} s = "
+        f"{extraction(main):.4f} of b; {extraction(best):.4f} in `main_cpu_voting.json`. That baseline adds every "
+        "term in its layer (see this session's section), so these shares are low. Stages: "
+        f"{ms(main['extraction_breakdown_seconds'])}. SLIC runs beside the step-k evaluation, so the stages add up "
+        "to more than the whole.",
         "",
         f"With `superpixel_px` 128: {ms(main['extraction_breakdown_seconds_128px'])}. On this repository's CPU "
         "machine, `python3 bench/slic_bench.py` (`docs/bench/slic_cpu.txt`) gave: "
         + "; ".join((RESULTS / "slic_cpu.txt").read_text().splitlines()) + ". "
         "On the toy world ([`fidelity.md`](fidelity.md), 72 two-character samples a row) 128 px gives identity "
         f"leak {toy_128['identity leak']:.3f} and mask IoU {toy_128['mask IoU']:.3f}, against "
-        f"{toy_256['identity leak']:.3f} and {toy_256['mask IoU']:.3f} at 256 px. The toy cannot speak for "
-        "FLUX.1-dev's images, so the default stays 256 px.",
+        f"{toy_256['identity leak']:.3f} and {toy_256['mask IoU']:.3f} at 256 px; this session's rows at the "
+        "density of FLUX's 192 px are in fidelity.md.",
         "",
         "## Other settings (older code, same kind of device, one warm-up and one timed run each)",
         "",
@@ -283,7 +293,7 @@ def main() -> None:
                      f"{run['first_run_after_lora_change']['c FreeFuse continue']:.1f} |")
     lines += [
         "",
-        f"4 subjects at {main['size']} px (`subjects4.json`, the session before last, with the reverted GPU voting, "
+        f"4 subjects at {main['size']} px (`subjects4.json`, two sessions back, with the reverted GPU voting, "
         "one timed "
         f"run each): b {four['b'][0]:.2f} s, c {four['c'][0]:.2f} s (c / b = {four_c:.3f}), d {four['d'][0]:.2f} s "
         f"(d / b = {four_d:.3f}); peak c - b {four['c'][1] - four['b'][1]:.2f} GiB.",
@@ -302,7 +312,6 @@ def main() -> None:
         lines.append(f"| 3 subjects | {subjects['b 3']:.2f} | {subjects['c 3']:.2f} | "
                      f"{subjects['c 3'] / subjects['b 3']:.3f} | {subjects['d 3']:.2f} | "
                      f"{subjects['d 3'] / subjects['b 3']:.3f} |")
-    best_extraction = min(extraction(load(name)) for name, _ in RUNS)
     lines += [
         "",
         f"Core hooks (e) at 512 px, 2 subjects: {subjects.get('e 2 at 512 px', float('nan')):.1f} s against "
@@ -311,18 +320,20 @@ def main() -> None:
         "",
         "## Targets of issue 5 and where they stand",
         "",
-        f"- Continue, 2 subjects, {main['size']} px: c / b = {c:.3f} (target <= 1.08): {verdict(c, 1.08)}; "
-        f"this session's other call {first_call['rows']['c'][1]:.3f}. 4 subjects: {four_c:.3f} "
-        f"(target <= 1.10): {verdict(four_c, 1.10)}, measured with the code of the session before last and not "
-        "re-run since (the device time ran out).",
-        f"- Restart (default): d / b = {d:.3f} (target <= 1.27): {verdict(d, 1.27)}, in one call; this session's "
-        f"other call, before the direct kernel launches, {first_call['rows']['d'][1]:.3f}. Issue 5 gives "
-        "2.05 for the existing pack, which was not measured here.",
-        f"- Extraction: {extraction(main):.4f} of b in the final run, {first_call['extraction']:.4f} in "
-        f"this session's other call, lowest call of the session before last {best_extraction:.4f} (target "
-        f"<= 0.02): {verdict(extraction(main), 0.02)}.",
-        f"- Peak memory c - b = {peak_over_b(main, 'c'):.2f} GiB at {main['size']} px (target <= 0.5): "
-        f"{verdict(peak_over_b(main, 'c'), 0.5)}, by prefetching the LoRA terms.",
+        f"- Continue, 2 subjects, {latest['size']} px: c / b = {c:.3f} (target <= 1.08): {verdict(c, 1.08)}; "
+        f"the previous session's calls {over_b(main, 'c'):.3f} and {first_call['rows']['c'][1]:.3f}. 4 subjects: "
+        f"{four_latest_c:.3f} (target <= 1.10): {verdict(four_latest_c, 1.10)}, one timed run "
+        "(`subjects4_latest.json`).",
+        f"- Restart (default): d / b = {d:.3f} (target <= 1.27): {verdict(d, 1.27)} in this session's final call "
+        f"(its two runs: {timed_runs('main_latest_log.txt', 'd')}); the previous session's calls "
+        f"{over_b(main, 'd'):.3f} and {first_call['rows']['d'][1]:.3f}. Issue 5 gives 2.05 for the existing pack, "
+        "which was not measured here.",
+        f"- Extraction: {extraction(latest):.4f} of b over the extraction's own first k steps in the final call "
+        f"(target <= 0.02): {verdict(extraction(latest), 0.02)}. The earlier figures (previous session "
+        f"{extraction(main):.4f} and {first_call['extraction']:.4f}) are over a slower baseline (this session's "
+        "section).",
+        f"- Peak memory c - b = {peak_over_b(latest, 'c'):.2f} GiB at {latest['size']} px (target <= 0.5): "
+        f"{verdict(peak_over_b(latest, 'c'), 0.5)}, by prefetching the LoRA terms.",
         "- 2048 px ran on the H100 (c / b above). Stage 1 never allocates an `N x N` tensor (asserted in "
         "tests/core at 64 x 64).",
         f"- The previous default, every term in its layer (`main_fused.json`): c / b {over_b(newest, 'c'):.3f}, "
@@ -410,7 +421,7 @@ def main() -> None:
         "The byte and FLOP count had predicted +7.4 to +8.5 % of the linear layers' time per step. Measured (the "
         "`per step` line): " + kext_total() + ". That best figure still counts the K-extension's Triton pass at "
         "the fused `qkv` and `linear1`, where it failed its error bound of 2e-2 (" + kext_failures() + "). Even so, "
-        f"it is {kext_step_share(b['seconds'] / main['steps']):.1%} of a step of b, so neither layout reaches "
+        f"it is {kext_step_share(seconds(main, 'b') / main['steps']):.1%} of a step of b, so neither layout reaches "
         "c / b <= 1.08, and neither is worth re-laying out the weights inside ComfyUI's patcher.",
     ]
     (DOCS / "benchmarks.md").write_text("\n".join(lines) + "\n")
@@ -431,7 +442,7 @@ def layer_lines(name: str, prefix: str) -> list[str]:
 
 
 def fused_section() -> list[str]:
-    """The previous session's H200 calls: the terms in the GELU and q/k norm (then off), and the SLIC handoff."""
+    """The H200 calls of two sessions back: the terms in the GELU and q/k norm (then off), and the SLIC handoff."""
     slic = {}
     for line in (RESULTS / "slic_beside_python.txt").read_text().splitlines():
         match = re.search(r"SLIC (alone|beside busy Python, default|beside busy Python, inside).*?median ([\d.]+) ms",
@@ -442,14 +453,15 @@ def fused_section() -> list[str]:
     rows = [("`main_fused_first.json`", "first kernels, every launch through Triton's autotuner", first),
             ("`main_fused.json`", "final: launches straight to the tuned config", last)]
     lines = [
-        "## The previous session: LoRA terms in the op after the layer, and the SLIC handoff (H200)",
+        "## Two sessions back: LoRA terms in the op after the layer, and the SLIC handoff (H200)",
         "",
         "- **Terms in the op after the layer** (`freefuse_core/fused.py`, `fused_kernels.py`). The MLP columns of "
         "`img_mlp.0`, `txt_mlp.0` and `linear1` feed only a tanh GELU, and the q and k columns of `qkv` and "
         "`linear1` feed only an RMS norm per head. The layer holds those columns' terms `(h, U)` and the GELU or "
         "norm computes `gelu(y + h U^T)` or `rms_norm(y + h U^T) w` in one Triton pass, so `y` is not read and "
         "written once more by an `addmm_`. It was off by default then: the runs below did not make the whole run "
-        "faster (this session turned it on; see above). The kernels are checked in Triton's CPU interpreter (float32, "
+        "faster (the previous session turned it on; see above). The kernels are checked in Triton's CPU "
+        "interpreter (float32, "
         "float16) and built for sm_86 and sm_90 without a GPU, where every autotune config must use at most 128 "
         "registers, spill none and load 128 bits at a time (`tests/core/test_fused.py`; the rank loop is unrolled "
         "at compile time, as that check needs).",
@@ -503,6 +515,118 @@ def fused_section() -> list[str]:
     return lines
 
 
+def timed_runs(log: str, row: str) -> str:
+    """The timed runs of `row` in a main part's log, in seconds and over that run's b."""
+    lines = (RESULTS / log).read_text().splitlines()
+    times = {name: [float(t) for t in re.findall(r"([\d.]+) s", rest)] for name, rest in
+             (re.match(r"\[\s*[\d.]+ s\] (\w+): (\d.*)$", line).groups() for line in lines
+              if re.match(r"\[\s*[\d.]+ s\] \w+: \d", line))}
+    b = statistics.median(times["b"])
+    return ", ".join(f"{t:.3f} s = {t / b:.3f} of b" for t in times[row])
+
+
+def pairs_of(run: dict) -> str:
+    """The extraction-minus-first-k-steps differences of an `--part extraction` run, in ms."""
+    return ", ".join(f"{1000 * pair['added']:.0f}" for pair in run["pairs"])
+
+
+def extraction_pairs(log: str) -> list[float]:
+    """The (extraction, first k steps) pair differences in ms from a main part's log."""
+    line = next(x for x in (RESULTS / log).read_text().splitlines() if "extraction, first k steps alone:" in x)
+    values = [float(v) for v in re.findall(r"([\d.]+) s", line.split("alone:")[1].split("; stages")[0])]
+    return [1000 * (e - k) for e, k in zip(values[::2], values[1::2])]
+
+
+def latest_section(latest: dict, four: dict) -> list[str]:
+    """This session's H200 calls: where the extraction's time went, what changed, the final code."""
+    calls = [("`extraction_first.json`", "the previous session's code", load("extraction_first.json")),
+             ("`extraction_second.json`", "rings kept, one stage-1 clone, superpixels at 192 px",
+              load("extraction_second.json"))]
+    staging = load("staging.json")
+    before_four = load("subjects4_first.json")["4"]
+    lines = [
+        "## This session (2026-12-02): the extraction and 4 subjects (H200, three calls)",
+        "",
+        "`bash bench/device_run.sh OUT extraction` (`flux_bench.py --part extraction`) times 9 pairs of a warm "
+        "extraction and the same process's first k steps, the garbage collector's time in each, the stages, "
+        "and the step-k capture, SLIC and the voting alone (medians of 5, milliseconds):",
+        "",
+        "| file | code | pairs, extraction - first k | capture to block 16 | its GPU kernels | capture to block 0 "
+        "| SLIC at the default | capture beside SLIC | voting |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, code, run in calls:
+        alone = run["alone_ms"]
+        lines.append(f"| {name} | {code} | {pairs_of(run)} | {alone['capture to block 16']:.0f} | "
+                     f"{alone['capture to block 16, profiled: GPU kernels']:.0f} | {alone['capture to block 0']:.0f} | "
+                     f"{alone['SLIC alone']:.0f} | {alone['capture to block 16 beside SLIC (both)']:.0f} | "
+                     f"{alone['voting alone (_vote)']:.1f} |")
+    first, second = calls[0][2], calls[1][2]
+    gen2 = max(p["gc_extraction"]["2"] for p in first["pairs"])
+    lines += [
+        "",
+        f"- In the first call, step k to block 16 took {first['alone_ms']['capture to block 16']:.0f} ms for "
+        f"{first['alone_ms']['capture to block 16, profiled: GPU kernels']:.0f} ms of GPU kernels, and SLIC at "
+        f"256 px {first['alone_ms']['SLIC alone']:.0f} ms on this image (the random model's x0 is noisy): the "
+        "two ran side by side and both set the extraction's length. The pairs spread from "
+        f"{min(p['added'] for p in first['pairs']) * 1000:.0f} to "
+        f"{max(p['added'] for p in first['pairs']) * 1000:.0f} ms; "
+        f"the largest held a full garbage collection of {1000 * gen2:.0f} ms. Voting took "
+        f"{first['alone_ms']['voting alone (_vote)']:.1f} ms (the 31 ms of the previous session's stage timer was "
+        "not the voting's own time).",
+        "- **Prefetch rings kept across sampler calls.** ComfyUI 0.33 detaches and reloads a model at every "
+        "sampler call that loads it, and the injection dropped its rings at each eject, so every call built a "
+        "new ring and every layer's views over it again. The rings now stay until a full unload, or until "
+        "another LoRA set's model is injected (`test_prefetch_rings_stay_across_sampler_calls_...`).",
+        "- **One clone for both stage-1 calls**, block b's capture passing through until armed; injected "
+        "forwards set in the module's `__dict__` (ComfyUI ejects and injects three times a sampler call).",
+        f"- **`superpixel_px` 192 by default**: SLIC {second['alone_ms']['SLIC alone']:.0f} ms against "
+        f"{second['alone_ms']['SLIC alone at 128 px']:.0f} ms at 128 px in the second call; the toy world at the "
+        "same pixels per superpixel votes as at its full size ([`fidelity.md`](fidelity.md)).",
+        "- **The baseline was wrong.** Both calls took the first k steps from a plain KSampler on the FreeFuse "
+        "model. With no evaluation's `CallMasks` that path adds every term in its layer (the unfused path), so "
+        "it is slower than the extraction's own first sampler call: in the second call the extraction took "
+        f"{statistics.median(p['extraction'] for p in second['pairs']):.3f} s and the plain six steps "
+        f"{statistics.median(p['first_k'] for p in second['pairs']):.3f} s (medians), although the capture alone "
+        f"took {second['alone_ms']['capture to block 16']:.0f} ms. The pairs above, and every extraction share "
+        "of earlier sessions, are therefore too low. The bench now times the extraction's own first call "
+        "(`flux_bench.first_k_steps`). A FreeFuse model sampled by a plain KSampler also runs that slower path.",
+        "",
+        f"Final call (`main_latest.json`): extraction {latest['extraction_over_first_k_steps_seconds'] * 1000:.0f} ms "
+        f"= {extraction(latest):.4f} of b, the median of 5 pairs "
+        f"({', '.join(f'{v:.0f}' for v in extraction_pairs('main_latest_log.txt'))} ms). Stages: "
+        f"{ms(latest['extraction_breakdown_seconds'])}.",
+        "",
+        f"4 subjects at {latest['size']} px, one timed run each (b / c / d / c with resident terms, seconds):",
+        "",
+        "| file | code | b | c | c / b | d | d / b | c resident | peak c - b GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, code, run in (("`subjects4_first.json`", "the previous session's code", before_four),
+                            ("`subjects4_latest.json`", "final", four)):
+        resident = f"{run['c resident'][0]:.3f}" if "c resident" in run else ""
+        lines.append(f"| {name} | {code} | {run['b'][0]:.3f} | {run['c'][0]:.3f} | {run['c'][0] / run['b'][0]:.3f} | "
+                     f"{run['d'][0]:.3f} | {run['d'][0] / run['b'][0]:.3f} | {resident} | "
+                     f"{run['c'][1] - run['b'][1]:.2f} |")
+    copy_ms = 1000 * staging["lora_gib"]["pinned_host"] / staging["pinned_copy_gib_per_s"]
+    lines += [
+        "",
+        f"`bash bench/device_run.sh OUT staging` (second call, `staging.json`), 8 masked steps with 4 subjects, ms a "
+        f"step (wall; GPU time under torch.profiler, the prefetch copies included): b "
+        f"{staging['b merged']['step_ms']:.0f}"
+        f" ({staging['b merged']['gpu_kernel_step_ms']:.0f}), c prefetched "
+        f"{staging['c masked, prefetched']['step_ms']:.0f} "
+        f"({staging['c masked, prefetched']['gpu_kernel_step_ms']:.0f}),"
+        f" c resident {staging['c masked, resident']['step_ms']:.0f} "
+        f"({staging['c masked, resident']['gpu_kernel_step_ms']:.0f}). The pinned copy rate was "
+        f"{staging['pinned_copy_gib_per_s']:.1f} GiB/s, so a step's {staging['lora_gib']['pinned_host']:.2f} GiB of "
+        f"terms take {copy_ms:.0f} ms to copy, about what prefetching added there; in the final call's whole runs "
+        "prefetched and resident c differ by less (table). Why the copies did not hide in those 8 steps was not "
+        "found.",
+    ]
+    return lines
+
+
 FIRST_CALL = "main_default_first_stdout.txt"   # its main.json did not come back: a call returns 8 files at most
 
 
@@ -523,7 +647,7 @@ def check_hosts() -> dict[str, tuple[float, float]]:
 
 
 def session_section(final: dict, first: dict) -> list[str]:
-    """This session's H200 calls: host- or GPU-bound (`--part host`), then the main part twice."""
+    """The previous session's H200 calls: host- or GPU-bound (`--part host`), then the main part twice."""
     before, after = load("host_first.json"), load("host.json")
     hosts = check_hosts()
     direct, jit = [v[0] for v in hosts.values()], [v[1] for v in hosts.values()]
@@ -532,7 +656,8 @@ def session_section(final: dict, first: dict) -> list[str]:
             ("`host.json`", "after the first changes below: terms in the GELU and q/k norm by default", after,
              ("c-unfused", "c"))]
     lines = [
-        "## This session: terms in the GELU and q/k norm by default, fewer host calls per layer (H200)",
+        "## The previous session (2026-12-01): terms in the GELU and q/k norm by default, fewer host calls per "
+        "layer (H200)",
         "",
         "Is the masked sampler bound by the GPU or by the host's Python? `bash bench/device_run.sh OUT host` "
         "times 8 steps of b, of c's masked model with every term in its layer, and of the same with the MLP-in and "
@@ -580,7 +705,7 @@ def session_section(final: dict, first: dict) -> list[str]:
         f"{over_b(final, 'd'):.3f} | {over_b(final, RESIDENT):.3f} | {over_b(final, 'c-unfused'):.3f} | "
         f"{over_b(final, 'd-unfused'):.3f} | {extraction(final):.4f} | {peak_over_b(final, 'c'):.2f} |",
         "",
-        f"Against the previous session's default (`main_fused.json`: c / b {over_b(previous, 'c'):.3f}, d / b "
+        f"Against the default of two sessions back (`main_fused.json`: c / b {over_b(previous, 'c'):.3f}, d / b "
         f"{over_b(previous, 'd'):.3f}) the final code gives {over_b(final, 'c'):.3f} and {over_b(final, 'd'):.3f}. "
         f"The fused default and the unfused path give latents that differ by max |diff| "
         f"{final['default_vs_unfused_max_abs_diff']:.3f} on the same masks (bfloat16; latents up to about 17). "
