@@ -572,8 +572,9 @@ def latest_section(latest: dict, four: dict) -> list[str]:
         f"{min(p['added'] for p in first['pairs']) * 1000:.0f} to "
         f"{max(p['added'] for p in first['pairs']) * 1000:.0f} ms; "
         f"the largest held a full garbage collection of {1000 * gen2:.0f} ms. Voting took "
-        f"{first['alone_ms']['voting alone (_vote)']:.1f} ms (the 31 ms of the previous session's stage timer was "
-        "not the voting's own time).",
+        f"{first['alone_ms']['voting alone (_vote)']:.1f} ms alone; the stage timer read "
+        f"{1000 * first['stages_per_extraction_s']['voting']:.1f} ms for `vote_owner` in these extractions, where "
+        f"the previous session's one extraction read {1000 * stage(load('main_default.json'), 'voting'):.1f} ms.",
         "- **Prefetch rings kept across sampler calls.** ComfyUI 0.33 detaches and reloads a model at every "
         "sampler call that loads it, and the injection dropped its rings at each eject, so every call built a "
         "new ring and every layer's views over it again. The rings now stay until a full unload, or until "
