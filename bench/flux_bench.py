@@ -719,9 +719,8 @@ def extraction_part(bench: Bench):
             extract()
     stages = {name: seconds / 3 for name, seconds in timer.totals.items()}
     sampling = glue.sampling
-    prompt = glue.prompt.prompt_of(setup.positive, "bench")
     subjects = sampling.subject_loras(setup.model)
-    token_sets = core.find_subject_tokens(prompt.text, prompt.pieces, [(s.name, s.words) for s in subjects])
+    token_sets = [list(tokens) for tokens in masks.subject_tokens]   # the extraction's own, in mask order
     samples = masks.latent_at_step["samples"]
     image, size = masks.image, tuple(8 * d for d in setup.latent["samples"].shape[-2:])
     patched = {b: sampling.capture_model(setup, b, True, token_sets, step) for b in (0, block)}
