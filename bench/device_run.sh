@@ -5,15 +5,15 @@
 # `profile` (GPU kernel time of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused,
 # d, d-unfused timed in turn, 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel
 # time at 1024 px, cProfile at 128 px: host- or GPU-bound?), `extraction` (where a warm extraction's time
-# goes: 9 pairs of it and its first k steps, its stages, the capture, SLIC and voting alone;
+# goes: 9 pairs of it and its first k steps, its stages, SLIC and voting alone;
 # `vote_bench.py`, `slic_bench.py`), `staging` (4 subjects: 8 masked steps with the terms prefetched and
 # resident, GPU kernel time, the pinned copy rate). Results go to OUT_DIR; copy them to docs/bench/, then
 # run `python3 bench/report.py`.
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
 #       [host] [extraction] [staging]
-# Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu) and MAIN_PAIRS (3) set main's rows
-# and extraction pairs; `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row
-# 210 to 290 s.
+# Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
+# set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's;
+# `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
 set -uo pipefail
 out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging]}
 shift
@@ -25,11 +25,11 @@ for part in $parts; do
   case $part in
     layers) python3 bench/layer_bench.py --fused > "$out/fused_layers.txt" 2>&1; cat "$out/fused_layers.txt" ;;
     main) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --rows "${MAIN_ROWS:-bcdpu}" \
-            --extraction-repeats "${MAIN_PAIRS:-3}" \
+            --extraction-repeats "${MAIN_PAIRS:-3}" --repeats "${MAIN_REPEATS:-2}" \
             > "$out/main_stdout.txt" 2> >(log main_log.txt)
           tail -16 "$out/main_stdout.txt" ;;
     subjects) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part subjects --subjects 4 \
-                --rows bcdp --repeats 1 > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
+                --rows bcdp --repeats "${SUBJECT_REPEATS:-1}" > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
               [ -f "$out/subjects.json" ] && mv "$out/subjects.json" "$out/subjects4.json"
               cat "$out/subjects_stdout.txt" ;;
     pairs) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part pairs --repeats 3 \

@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs of each row, after one warm-up")
     p.add_argument("--extraction-repeats", type=int, default=1,
                    help="extraction and first-k-steps pairs timed in turn; the median difference is reported")
     p.add_argument("--disable-dynamic-vram", action="store_true")
@@ -265,11 +264,17 @@ def lora_gib(model) -> dict:
 
 
 def measure(fn, repeats: int, name: str = ""):
+    """(median seconds, peak GiB, each run's seconds, each run's seconds in the collector's gen-2 passes)."""
     note(f"{name}: warm-up")
     fn()  # warm-up
-    runs = [timed(fn) for _ in range(repeats)]
-    note(f"{name}: " + ", ".join(f"{r[0]:.3f} s" for r in runs))
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+    runs, collected = [], []
+    for _ in range(repeats):
+        with GcTimer() as collector:
+            runs.append(timed(fn))
+        collected.append(collector.seconds[2])
+    note(f"{name}: " + ", ".join(f"{r[0]:.3f} s" for r in runs)
+         + "; gen-2 collections (s): " + ", ".join(f"{c:.3f}" for c in collected))
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs), [r[0] for r in runs], collected
 
 
 class StageTimer:
@@ -357,7 +362,7 @@ def host_side_copy_ms(mib: int = 13, repeats: int = 20) -> float | None:
 
 
 def first_k_steps(setup, step: int, block: int):
-    """The extraction's first sampler call alone (steps 0..k-1, LoRAs joint, on the clone stage 1 samples):
+    """Stage 1's sampler call without its step k (steps 0..k-1, LoRAs joint, on the clone stage 1 samples):
     what the default path runs anyway, so the extraction's cost is what it adds over this. (A plain KSampler
     on the FreeFuse model is no baseline: with no evaluation's `CallMasks` it adds every term in its layer.)"""
     sampling = glue.sampling
@@ -447,7 +452,8 @@ def main_part(bench: Bench):
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "kernel": platform.release(), "host_side_copy_ms_13mib": host_side_copy_ms(),
         "dynamic_vram": not ARGS.disable_dynamic_vram, "fp8": ARGS.fp8, "steps": steps, "size": size, "rank": rank,
-        "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b} for k, v in rows.items()},
+        "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b, "runs": v[2], "gen2_gc_s": v[3]}
+                 for k, v in rows.items()},
         "first_run_after_lora_change": first,
         "superpixel_px": default_px,
         "extraction_breakdown_seconds": stage_times[default_px],
@@ -686,10 +692,8 @@ def median_ms(run, repeats: int = 5) -> float:
 def extraction_part(bench: Bench):
     """Where a warm extraction's time goes, 2 subjects at --size: --extraction-repeats pairs (the extraction,
     then its first k steps alone) with the garbage collector's time in each; the stages of 3 extractions,
-    ComfyUI's model loads and injections among them; the step-k capture alone at block b and at block 0,
-    beside SLIC and not, with its GPU kernel time; SLIC and the voting alone, the voting also right after
-    SLIC and with one torch thread. (No cProfile: on Python 3.12 the capture's exception, unwinding through
-    the model, leaves its listing without the calls above the model.)"""
+    ComfyUI's model loads and injections among them; SLIC and the voting (on random maps of the real shape)
+    alone, the voting also right after SLIC and with one torch thread."""
     names = bench.loras(ARGS.rank, 2)
     setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
     block, step = (1 if ARGS.small else 16), 6
@@ -708,7 +712,6 @@ def extraction_part(bench: Bench):
     note("pairs (extraction - first k, ms): " + ", ".join(f"{1000 * p['added']:.0f}" for p in pairs))
     timer = StageTimer(bench.vae)
     timer.STAGES.update({"voting, whole (_vote)": (glue.sampling, "_vote"),
-                         "capture call (_capture_maps)": (glue.sampling, "_capture_maps"),
                          "sampler calls (run_sampler)": (glue.sampling, "run_sampler"),
                          "load_models_gpu": (mm, "load_models_gpu"),
                          "inject_model": (comfy.model_patcher.ModelPatcher, "inject_model"),
@@ -721,23 +724,14 @@ def extraction_part(bench: Bench):
     sampling = glue.sampling
     subjects = sampling.subject_loras(setup.model)
     token_sets = [list(tokens) for tokens in masks.subject_tokens]   # the extraction's own, in mask order
-    samples = masks.latent_at_step["samples"]
     image, size = masks.image, tuple(8 * d for d in setup.latent["samples"].shape[-2:])
-    patched = {b: sampling.capture_model(setup, b, True, token_sets, step) for b in (0, block)}
-    capture = lambda b: sampling._capture_maps(*patched[b], setup, samples, step, b)  # noqa: E731
     slic = lambda: sampling._superpixels(image, 1.0, size)  # noqa: E731
     segments = slic()
     smaller = {px: torch.nn.functional.interpolate(image.movedim(-1, 1), size=(px, px), mode="area").movedim(1, -1)
                for px in (192, 128)}
-    maps = capture(block)
+    maps = torch.rand(1, len(subjects), masks.token_masks.shape[1])
     vote = lambda: sampling._vote(subjects, token_sets, maps, image, segments, step, block, setup,  # noqa: E731
                                   masks.latent_at_step)
-
-    def beside_slic():
-        with ThreadPoolExecutor(max_workers=1) as pool, core.quick_gil_handoff():
-            future = pool.submit(slic)
-            capture(block)
-            future.result()
 
     def vote_after_slic():
         slic()
@@ -754,19 +748,13 @@ def extraction_part(bench: Bench):
         finally:
             torch.set_num_threads(threads)
 
-    alone = {f"capture to block {block}": median_ms(lambda: capture(block)),
-             "capture to block 0": median_ms(lambda: capture(0)),
-             f"capture to block {block} beside SLIC (both)": median_ms(beside_slic),
-             "SLIC alone": median_ms(slic),
+    alone = {"SLIC alone": median_ms(slic),
              **{f"SLIC alone at {px} px": median_ms(lambda: sampling._superpixels(smaller[px], 1.0, size))
                 for px in smaller},
              "voting alone (_vote)": median_ms(vote),
              "voting right after SLIC": 1000 * statistics.median(vote_after_slic() for _ in range(5)),
              "voting, one torch thread": one_thread(vote),
              "torch threads": torch.get_num_threads()}
-    wall, busy, _ = profile_run(lambda: capture(block))
-    alone[f"capture to block {block}, profiled: wall"] = 1000 * wall
-    alone[f"capture to block {block}, profiled: GPU kernels"] = 1000 * busy
     note(f"alone (ms): {alone}")
     added = statistics.median(p["added"] for p in pairs)
     return {"device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", "size": ARGS.size,

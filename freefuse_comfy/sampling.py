@@ -4,15 +4,15 @@ Appendix A: steps `0..k-1` run with the LoRAs joint and unmasked; in the evaluat
 the joint attention of double block `b` is read and the masks are voted; every later evaluation
 multiplies each LoRA's output by its mask.
 
-Stage 1 runs ComfyUI's own sampler twice on one schedule, both times on one patched clone of the
-model: steps `0..k-1` (`last_step = k`, the latent kept with its leftover noise, as KSamplerAdvanced
-does), then step `k` from that latent, stopped inside double block `b` once `q, k` are read: the
-blocks after `b` never run. Block `b`'s replacement passes through (to the replacement it took the
-place of, if any) until the second call arms it; the step of the capture is that call's first
-evaluation, and the capture checks that its sigma is `sigmas[k]` of the schedule. `x0` for the
-superpixels is the prediction of step `k-1`, the last complete evaluation (the sampler's step
-callback hands it over); it is decoded before step `k` runs, so SLIC works on the CPU in a worker
-thread while the GPU evaluates step `k`.
+Stage 1 is one call of ComfyUI's own sampler on a patched clone of the model, with `last_step = k`
+(the latent kept with its leftover noise, as KSamplerAdvanced does). A sampler-sample wrapper runs the
+sampler over steps `0..k-1`, then, in the same call (the model loaded and the conditioning processed
+once), evaluates step `k` from the sampler's latent, stopped inside double block `b` once `q, k` are
+read: the blocks after `b` never run. Block `b`'s replacement passes through (to the replacement it took
+the place of, if any) until it is armed for that evaluation, and checks that its sigma is `sigmas[k]` of
+the schedule. `x0` for the superpixels is the prediction of step `k-1`, the last complete evaluation (the
+sampler's step callback hands it over); it is decoded before step `k` runs, so SLIC works on the CPU in
+a worker thread while the GPU evaluates step `k`.
 
 Stage 2 either samples again from step 0 with the same seed and schedule ("restart", default) or
 goes on from the step-`k` latent ("continue"). Masks reach the layers through a diffusion-model
@@ -102,7 +102,8 @@ def _loras_wrapper(loras_on: bool):
 
 class _Capture:
     """A `dit` double-block replacement that, once armed, reads post-RoPE q, k of that block and stops;
-    unarmed, it runs the block as it is, through the replacement it took the place of if there was one."""
+    unarmed (or on a batch with no conditional rows) it runs the block as it is, through the replacement
+    it took the place of if there was one."""
 
     def __init__(self, grid: tuple[int, int], token_sets, sigma_k: float, previous=None):
         self.grid, self.token_sets, self.sigma_k, self.previous = grid, token_sets, sigma_k, previous
@@ -116,7 +117,7 @@ class _Capture:
         raise _Captured(subject_maps(q[rows], k[rows], opts["freefuse_txt_len"], self.grid, self.token_sets))
 
     def replace_block(self, args, extra):
-        if not self.armed:
+        if not self.armed or 0 not in args["transformer_options"].get("cond_or_uncond", [0]):
             return extra["original_block"](args) if self.previous is None else self.previous(args, extra)
         opts = args["transformer_options"]
         sigma = float(opts["sigmas"].flatten()[0])
@@ -186,29 +187,27 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
                          "activation_words in its FreeFuse LoRA Loader.") from error
 
     model, capture = capture_model(setup, block, loras_before, token_sets, step)
-    x0 = {}
+    size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
+    stage = _StepK(capture, vae, image_source, superpixel_px, sigma, size, step, block)
+    model.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, stage.wrapper)
     preview = latent_preview.prepare_callback(model, step)
 
     def callback(i, denoised, x, total):
-        x0["x0"] = denoised
+        stage.x0 = denoised
         preview(i, denoised, x, total)
 
-    latent_image = latent_image_of(setup)
-    samples = run_sampler(model, setup, noise_of(setup), latent_image, callback, last_step=step,
+    samples = run_sampler(model, setup, noise_of(setup), latent_image_of(setup), callback, last_step=step,
                           force_full_denoise=False)
-    image = _x0_image(setup.model, vae, x0["x0"], image_source, superpixel_px)
-    size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool, quick_gil_handoff():
-        segments = pool.submit(_superpixels, image, sigma, size)   # on the CPU while the GPU runs step k
-        maps = _capture_maps(model, capture, setup, samples, step, block)
-        segments = segments.result()
-    return _vote(subjects, token_sets, maps, image, segments, step, block, setup,
+    if stage.maps is None:
+        raise RuntimeError(f"{EXTRACT_NODE}: the sampler ended before step {step} was evaluated; another node "
+                           "may wrap the sampler. Remove it, or please report this.")
+    return _vote(subjects, token_sets, stage.maps, stage.image, stage.segments, step, block, setup,
                  {**setup.latent, "samples": samples})
 
 
 def capture_model(setup: SamplingSetup, block: int, loras_before: bool, token_sets, step: int):
-    """The clone both stage-1 calls sample: LoRAs on or off per `loras_before`, double block `block`
-    replaced by an unarmed `_Capture` for step `step`'s sigma."""
+    """The clone stage 1 samples: LoRAs on or off per `loras_before`, double block `block` replaced by an
+    unarmed `_Capture` for step `step`'s sigma."""
     options = setup.model.model_options.get("transformer_options", {})
     previous = options.get("patches_replace", {}).get("dit", {}).get(("double_block", block))
     capture = _Capture(_grid(setup.latent), token_sets, float(_sigmas(setup)[step]), previous)
@@ -218,18 +217,45 @@ def capture_model(setup: SamplingSetup, block: int, loras_before: bool, token_se
     return model, capture
 
 
-def _capture_maps(model, capture: _Capture, setup: SamplingSetup, samples: torch.Tensor, step: int,
-                  block: int) -> torch.Tensor:
-    """Eq. 5-10 from double block `block` of step `step`, the evaluation stopped right there."""
-    capture.armed = True
+class _StepK:
+    """The sampler-sample wrapper of stage 1: the sampler's steps `0..k-1`, then x0 of step `k-1` to an
+    image, SLIC on it in a worker thread, and meanwhile step `k`'s evaluation up to block `b`."""
+
+    def __init__(self, capture: _Capture, vae, image_source: str, superpixel_px: int, sigma: float,
+                 size: tuple[int, int], step: int, block: int):
+        self.capture, self.vae, self.image_source, self.superpixel_px = capture, vae, image_source, superpixel_px
+        self.sigma, self.size, self.step, self.block = sigma, size, step, block
+        self.x0 = self.maps = self.image = self.segments = None
+
+    def wrapper(self, executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+                disable_pbar):
+        samples = executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        # As KSAMPLER.sample starts a sampler at sigmas[k] from this latent: x_k, the state after step k-1.
+        x = guider.inner_model.model_sampling.noise_scaling(sigmas[-1], torch.zeros_like(samples), samples)
+        denoiser = comfy_samplers.KSamplerX0Inpaint(guider, sigmas)
+        denoiser.latent_image, denoiser.noise = latent_image, noise
+        self.image = _x0_image(guider.model_patcher, self.vae, self.x0, self.image_source, self.superpixel_px)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool, quick_gil_handoff():
+            segments = pool.submit(_superpixels, self.image, self.sigma, self.size)   # CPU, beside step k
+            self.maps = _capture_maps(denoiser, self.capture, x, sigmas[-1], denoise_mask, extra_args, self.step,
+                                      self.block)
+            self.segments = segments.result()
+        return samples
+
+
+def _capture_maps(denoiser, capture: _Capture, x: torch.Tensor, sigma: torch.Tensor, denoise_mask,
+                  extra_args: dict, step: int, block: int) -> torch.Tensor:
+    """Eq. 5-10 from double block `block` of step `step`: one evaluation of `x` at `sigma`, stopped right
+    there (at cfg 1: the capture reads the conditional rows only)."""
+    guider, cfg = denoiser.inner_model, denoiser.inner_model.cfg
+    capture.armed, guider.cfg = True, 1.0
     try:
-        run_sampler(model, setup, comfy_sample.prepare_empty_noise(samples), samples, None,
-                    cfg=1.0, sampler_name="euler", disable_noise=True, start_step=step, last_step=step + 1,
-                    disable_pbar=True)
+        denoiser(x, sigma * x.new_ones([x.shape[0]]), denoise_mask=denoise_mask,
+                 model_options=extra_args["model_options"], seed=extra_args.get("seed"))
     except _Captured as captured:
         return captured.maps.float().cpu()
     finally:
-        capture.armed = False
+        capture.armed, guider.cfg = False, cfg
     raise RuntimeError(f"{EXTRACT_NODE}: step {step} ran without reaching double block {block}; "
                        "another node may replace that block. Remove it or choose another block.")
 

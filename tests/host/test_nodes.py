@@ -223,6 +223,38 @@ def test_superpixels_run_in_a_worker_thread_beside_step_k(world, two_loras, monk
     assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
 
 
+def test_stage_one_is_one_sampler_call_that_evaluates_step_k_from_its_own_latent(world, two_loras, monkeypatch, pack):
+    """Steps 0..k-1 and step k's capture share one sampler call. Its latent is KSamplerAdvanced's to step k
+    with the leftover noise, and the capture evaluates that state at sigma_k."""
+    sampling = module(pack, "freefuse_comfy.sampling")
+    calls, seen = [], {}
+    real_sample, real_capture = sampling.comfy_sample.sample, sampling._capture_maps
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("last_step"))
+        return real_sample(*args, **kwargs)
+
+    def capture(denoiser, capture, x, sigma, *args):
+        seen["x"], seen["sigma"] = x.clone(), float(sigma)
+        return real_capture(denoiser, capture, x, sigma, *args)
+
+    monkeypatch.setattr(sampling.comfy_sample, "sample", counted)
+    monkeypatch.setattr(sampling, "_capture_maps", capture)
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    masks = world.extract(model, steps=4, mask_step=2)
+    assert calls == [2]
+    positive = world.encode()
+    with torch.inference_mode():
+        reference = nodes.KSamplerAdvanced().sample(model, "enable", 0, 4, 1.0, "euler", "simple", positive, positive,
+                                                    empty_latent(64, 64), 0, 2, "enable")[0]["samples"]
+    torch.testing.assert_close(masks.latent_at_step["samples"], reference, atol=0, rtol=0)
+    sigma_k = float(sampling._sigmas(masks.setup)[2])
+    assert seen["sigma"] == pytest.approx(sigma_k)
+    state = (1 - sigma_k) * model.model.process_latent_in(reference)
+    torch.testing.assert_close(seen["x"].cpu(), state, atol=1e-6, rtol=1e-5)
+
+
 def test_masked_forwards_are_built_once_per_model_not_at_every_inject(world, two_loras, monkeypatch):
     injection = module(world.pack, "freefuse_comfy.injection")
     built, ejects = [], []
