@@ -320,6 +320,40 @@ class StageTimer:
                 delattr(module, name)
 
 
+class StepKClock:
+    """Each extraction's time from the end of step k-1 to its masks, measured inside the run: from the
+    x0 image's start, after the GPU has finished steps 0..k-1 (which the k steps alone run as well), to
+    the end of the voting. It holds everything the default path adds at step k: the x0 image, the
+    step-k evaluation to block b beside SLIC, the rest of the sampler call, the voting."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self.saved = {}
+
+    def __enter__(self):
+        sampling = glue.sampling
+        self.saved = {name: getattr(sampling, name) for name in ("_x0_image", "_vote")}
+        start = {}
+
+        def x0_image(*args, **kwargs):
+            sync()
+            start["t"] = time.perf_counter()
+            return self.saved["_x0_image"](*args, **kwargs)
+
+        def vote(*args, **kwargs):
+            result = self.saved["_vote"](*args, **kwargs)
+            sync()
+            self.seconds.append(time.perf_counter() - start.pop("t"))
+            return result
+
+        sampling._x0_image, sampling._vote = x0_image, vote
+        return self
+
+    def __exit__(self, *exc):
+        for name, real in self.saved.items():
+            setattr(glue.sampling, name, real)
+
+
 @contextlib.contextmanager
 def unfused():
     """Inside: every LoRA term added in its own layer, as without Triton; a FreeFuse model loaded inside
@@ -438,11 +472,13 @@ def main_part(bench: Bench):
             glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae", px)
         stage_times[px] = stages.totals
     pairs = []
-    for _ in range(ARGS.extraction_repeats):   # an extraction, then its first k steps alone, in turn
-        pairs.append((timed(lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae"))[0],
-                      timed(first_k_steps(setup, 6, block))[0]))
+    with StepKClock() as clock:
+        for _ in range(ARGS.extraction_repeats):   # an extraction, then its first k steps alone, in turn
+            pairs.append((timed(lambda: glue.sampling.extract(setup, bench.vae, 6, block, True, 1.0, "vae"))[0],
+                          timed(first_k_steps(setup, 6, block))[0]))
     added = statistics.median(e - k for e, k in pairs)
     note("extraction, first k steps alone: " + ", ".join(f"{e:.3f} s, {k:.3f} s" for e, k in pairs)
+         + "; step k to the masks, in the run: " + ", ".join(f"{t:.3f} s" for t in clock.seconds)
          + f"; stages {stage_times}")
     if "e" in todo:
         _, masks = bench.freefuse(setup, "restart")
@@ -464,6 +500,9 @@ def main_part(bench: Bench):
         "default_vs_unfused_max_abs_diff": unfused_diff,
         "unfused_rows_error": unfused_error,
         "extraction_over_first_k_steps_seconds": added,
+        "extraction_pairs_seconds": pairs,
+        "step_k_to_masks_seconds": clock.seconds,
+        "step_k_to_masks_median_seconds": statistics.median(clock.seconds),
     }
 
 
@@ -490,11 +529,11 @@ def subjects_part(bench: Bench):
         row = out[subjects] = {}
         if subjects > 2 and "b" in ARGS.rows:
             merged = bench.merged(names)
-            row["b"] = measure(lambda: bench.stock(merged, setup), 1, f"b {subjects}")
-            row["c"] = measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {subjects}")
-            row["d"] = measure(lambda: bench.freefuse(setup, "restart"), 1, f"d {subjects}")
+            row["b"] = measure(lambda: bench.stock(merged, setup), ARGS.repeats, f"b {subjects}")
+            row["c"] = measure(lambda: bench.freefuse(setup, "continue"), ARGS.repeats, f"c {subjects}")
+            row["d"] = measure(lambda: bench.freefuse(setup, "restart"), ARGS.repeats, f"d {subjects}")
             if "p" in ARGS.rows:
-                row["c resident"] = resident(lambda: measure(lambda: bench.freefuse(setup, "continue"), 1,
+                row["c resident"] = resident(lambda: measure(lambda: bench.freefuse(setup, "continue"), ARGS.repeats,
                                                              f"c {subjects}, terms resident"), setup.model)
         if "e" not in ARGS.rows:
             continue
@@ -703,15 +742,19 @@ def extraction_part(bench: Bench):
     first_k()
     pairs = []
     for _ in range(ARGS.extraction_repeats):
-        with GcTimer() as gc_extract:
+        with GcTimer() as gc_extract, StepKClock() as clock:
             e = timed(extract)[0]
         with GcTimer() as gc_first:
             k = timed(first_k)[0]
-        pairs.append({"extraction": e, "first_k": k, "added": e - k, "gc_extraction": gc_extract.seconds,
-                      "gc_first_k": gc_first.seconds})
-    note("pairs (extraction - first k, ms): " + ", ".join(f"{1000 * p['added']:.0f}" for p in pairs))
+        pairs.append({"extraction": e, "first_k": k, "added": e - k, "step_k_to_masks": clock.seconds[0],
+                      "gc_extraction": gc_extract.seconds, "gc_first_k": gc_first.seconds})
+    note("pairs (extraction - first k, ms): " + ", ".join(f"{1000 * p['added']:.0f}" for p in pairs)
+         + "; step k to the masks, in the run (ms): " + ", ".join(f"{1000 * p['step_k_to_masks']:.0f}" for p in pairs))
     timer = StageTimer(bench.vae)
     timer.STAGES.update({"voting, whole (_vote)": (glue.sampling, "_vote"),
+                         "VAE.decode (inside x0 to image)": (bench.vae, "decode"),
+                         "free_memory": (mm, "free_memory"),
+                         "soft_empty_cache": (mm, "soft_empty_cache"),
                          "sampler calls (run_sampler)": (glue.sampling, "run_sampler"),
                          "load_models_gpu": (mm, "load_models_gpu"),
                          "inject_model": (comfy.model_patcher.ModelPatcher, "inject_model"),
@@ -758,8 +801,9 @@ def extraction_part(bench: Bench):
     note(f"alone (ms): {alone}")
     added = statistics.median(p["added"] for p in pairs)
     return {"device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", "size": ARGS.size,
-            "steps": ARGS.steps, "pairs": pairs, "added_median_s": added, "stages_per_extraction_s": stages,
-            "alone_ms": alone}
+            "steps": ARGS.steps, "pairs": pairs, "added_median_s": added,
+            "step_k_to_masks_median_s": statistics.median(p["step_k_to_masks"] for p in pairs),
+            "stages_per_extraction_s": stages, "alone_ms": alone}
 
 
 def staging_part(bench: Bench):
@@ -818,6 +862,8 @@ def main():
               f"{result['unfused_rows_error']}")
         print(f"extraction over first k steps: {result['extraction_over_first_k_steps_seconds']:.3f} s "
               f"= {result['extraction_over_first_k_steps_seconds'] / b:.4f} of b")
+        print(f"extraction, step k to the masks in the run: {result['step_k_to_masks_median_seconds']:.3f} s "
+              f"= {result['step_k_to_masks_median_seconds'] / b:.4f} of b")
         rows = result["rows"]
         if "d FreeFuse restart (default)" in rows:
             print(f"freefuse / merged = {rows['d FreeFuse restart (default)']['over_b']:.2f} (restart, default)")

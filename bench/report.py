@@ -82,7 +82,7 @@ def ms(breakdown: dict) -> str:
     return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in breakdown.items())
 
 
-RUNS = (  # the H200 calls of three sessions back, one machine each, oldest first: file, what the code did then
+RUNS = (  # the H200 calls of four sessions back, one machine each, oldest first: file, what the code did then
     ("main_before_owner_fix.json", "SLIC beside step k, mask gathered once a run; ring views copied the "
                                    "owner index with a stream sync"),
     ("main_cpu_voting.json", "+ owner index copied once per rank layout without a sync; CPU voting"),
@@ -126,9 +126,10 @@ def runs_table() -> list[str]:
 
 
 def main() -> None:
+    final, onecall = load("main_final.json"), load("main_onecall.json")
     latest = load("main_latest.json")
     main = load("main_default.json")
-    first_call = printed(FIRST_CALL)   # the previous session's other main call: its printout alone came back
+    first_call = printed(FIRST_CALL)   # the other main call of two sessions back: its printout alone came back
     newest = load("main_fused.json")
     previous = load("main_previous_session.json")
     best = load("main_cpu_voting.json")
@@ -138,8 +139,7 @@ def main() -> None:
     four = load("subjects4.json")["4"]
     sizes = load("sizes.json")
     subjects = subjects_from_log()
-    rows = latest["rows"]
-    c, d = over_b(latest, "c"), over_b(latest, "d")
+    c, d = over_b(final, "c"), over_b(final, "d")
     latest_four = load("subjects4_latest.json")["4"]
     four_latest_c = latest_four["c"][0] / latest_four["b"][0]
     spread_c = [over_b(load(name), "c") for name, _ in RUNS]
@@ -163,35 +163,37 @@ def main() -> None:
     lines = [
         "# Benchmark: FreeFuse against an ordinary LoRA run",
         "",
-        f"**freefuse / merged = {d:.2f}** (restart, the default; 2 subjects, {latest['size']} px); "
-        f"continue: **{c:.2f}**. Device: {latest['device']}, this session's final call (`main_latest.json`, "
-        f"rows b, c, d). The two calls of the previous session, with the code before this session's changes: "
-        f"restart {over_b(main, 'd'):.2f} and {first_call['rows']['d'][1]:.2f}, continue {over_b(main, 'c'):.2f} "
-        f"and {first_call['rows']['c'][1]:.2f}. Over the H200 calls of three sessions back (table below) "
-        f"continue ranged {min(spread_c):.2f} to {max(spread_c):.2f} and restart {min(spread_d):.2f} to "
-        f"{max(spread_d):.2f}.",
+        f"**freefuse / merged = {d:.2f}** (restart, the default; 2 subjects, {final['size']} px); "
+        f"continue: **{c:.2f}**. Device: {final['device']}, this session's last call (`main_final.json`, rows b, "
+        f"c, d, medians of 5 runs). This session's first call (`main_onecall.json`, the same code): restart "
+        f"{over_b(onecall, 'd'):.2f}, continue {over_b(onecall, 'c'):.2f}. The previous session's final call "
+        f"(older code, `main_latest.json`, 2 runs): restart {over_b(latest, 'd'):.2f}, continue "
+        f"{over_b(latest, 'c'):.2f}. Over the H200 calls of four sessions back (table below) continue ranged "
+        f"{min(spread_c):.2f} to {max(spread_c):.2f} and restart {min(spread_d):.2f} to {max(spread_d):.2f}.",
         "",
-        f"Device: {latest['device']} (the lent machine's one GPU), ComfyUI 0.33.0 sampling path, ComfyUI's "
-        f"default memory management (dynamic VRAM {'on' if latest['dynamic_vram'] else 'off'}). A FLUX.1-dev-sized "
-        f"Flux (19 double + 38 single blocks, hidden 3072) with random bf16 weights, two random rank-{latest['rank']} "
+        f"Device: {final['device']} (the lent machine's one GPU), ComfyUI 0.33.0 sampling path, ComfyUI's "
+        f"default memory management (dynamic VRAM {'on' if final['dynamic_vram'] else 'off'}). A FLUX.1-dev-sized "
+        f"Flux (19 double + 38 single blocks, hidden 3072) with random bf16 weights, two random rank-{final['rank']} "
         "LoRAs in ai-toolkit/diffusers format on every linear layer of every block, random conditioning of the real "
-        f"shapes (512 T5 tokens), {latest['size']} x {latest['size']} px, {latest['steps']} steps, euler/simple, "
-        "cfg 1, batch 1. Times are medians of 2 runs after a warm-up, all rows in one process; ratios are to row b "
+        f"shapes (512 T5 tokens), {final['size']} x {final['size']} px, {final['steps']} steps, euler/simple, "
+        "cfg 1, batch 1. Times are medians of 5 runs after a warm-up, all rows in one process; ratios are to row b "
         "of the same run. Mask extraction defaults: step 6, block 16, VAE decode of x0, superpixels at "
-        f"{latest['superpixel_px']} px. Rows c and d are the default path on CUDA with Triton (LoRA terms of the "
-        "MLP-in and q, k columns added in the GELU and q/k norm); c-unfused and d-unfused (previous session's "
-        "table, after this one) add every term in its layer, as the pack does without Triton.",
+        f"{final['superpixel_px']} px. Rows c and d are the default path on CUDA with Triton (LoRA terms of the "
+        "MLP-in and q, k columns added in the GELU and q/k norm); c-unfused and d-unfused (two sessions back, "
+        "below) add every term in its layer, as the pack does without Triton.",
         "",
-        f"Command: `{COMMAND}` (results and logs in `docs/bench/`; this table: `main_latest.json`, "
-        "`main_latest_log.txt`, `main_latest_stdout.txt`, from `MAIN_ROWS=bcd MAIN_PAIRS=5 bash bench/device_run.sh "
-        "OUT main`).",
+        f"Command: `{COMMAND}` (results and logs in `docs/bench/`; this table: `main_final.json`, "
+        "`main_final_log.txt`, `main_final_stdout.txt`, from `MAIN_ROWS=bcd MAIN_PAIRS=9 MAIN_REPEATS=5 bash "
+        "bench/device_run.sh OUT main`).",
         "",
-        "| row | seconds | / b | peak GiB |",
-        "|---|---|---|---|",
+        "| row | seconds | / b | peak GiB | its 5 runs, s |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {k} | {v['seconds']:.3f} | {v['over_b']:.3f} | {v['peak_gib']:.2f} |" for k, v in rows.items()]
-    lines += ["", *latest_section(latest, latest_four), "",
-              "## The previous session's final run, every row (`main_default.json`)", "",
+    lines += [f"| {k} | {v['seconds']:.3f} | {v['over_b']:.3f} | {v['peak_gib']:.2f} | "
+              + ", ".join(f"{t:.3f}" for t in v["runs"]) + " |" for k, v in final["rows"].items()]
+    lines += ["", *onecall_section(onecall, final), "", *targets(onecall, final, latest), "",
+              *latest_section(latest, latest_four), "",
+              "## Two sessions back: its final run, every row (`main_default.json`)", "",
               "| row | seconds | / b | peak GiB |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['seconds']:.3f} | {v['over_b']:.3f} | {v['peak_gib']:.2f} |"
               for k, v in main["rows"].items()]
@@ -209,7 +211,7 @@ def main() -> None:
         "",
         *session_section(main, first_call),
         "",
-        "## Three sessions back: its H200 runs",
+        "## Four sessions back: its H200 runs",
         "",
         "Each H200 call got a fresh machine. The same code gives different ratios on different machines: the "
         "superpixel column is SLIC's time on the host CPU (about 1024 segments of a 256 px image), a rough gauge "
@@ -246,14 +248,14 @@ def main() -> None:
         "",
         f"Two rank-32 LoRAs on every layer are {main['lora_gib_on_gpu_resident']:.2f} GiB of tensors. Held on the "
         f"GPU (row c') they raise the peak by {peak_over_b(main, RESIDENT):.2f} GiB over b. On CUDA the pack keeps "
-        "them in pinned host memory, one buffer per two transformer blocks (one per block before the previous "
-        "session), and "
+        "them in pinned host memory, one buffer per two transformer blocks (one per block before two sessions "
+        "back), and "
         "copies each group's terms into a ring of 3 GPU buffers two groups ahead of use, on a side stream "
         "(`freefuse_core/prefetch.py`). "
         f"In this run: {lora['gpu']:.3f} GiB of ring on the GPU and {lora['pinned_host']:.2f} GiB pinned on the "
         f"host. Peak c - b = {peak_over_b(main, 'c'):.2f} GiB; the other calls of that session gave "
         + ", ".join(f"{peak_over_b(load(name), 'c'):.2f}" for name, _ in RUNS)
-        + " in the calls of three sessions back (the cause of the difference was not found). The latents of "
+        + " in the calls of four sessions back (the cause of the difference was not found). The latents of "
         "c with prefetched and with resident "
         f"terms differ by max |diff| {main['prefetched_vs_resident_max_abs_diff']}. One non-blocking 13 MiB copy "
         f"from pinned memory takes {main['host_side_copy_ms_13mib'] * 1000:.0f} us of host time (asynchronous). "
@@ -262,13 +264,13 @@ def main() -> None:
         "",
         f"First run after a LoRA or strength change (load + sampling): merged {first['b merged']:.1f} s, "
         f"FreeFuse continue {first['c FreeFuse continue']:.1f} s. Between machines this varies more than the "
-        f"rest: merged took {min(firsts):.1f} to {max(firsts):.1f} s in the calls of three sessions back.",
+        f"rest: merged took {min(firsts):.1f} to {max(firsts):.1f} s in the calls of four sessions back.",
         "",
-        "## Mask extraction (the previous session's final run, superpixels at 256 px)",
+        "## Mask extraction (two sessions back: its final run, superpixels at 256 px)",
         "",
         f"Over the first k steps of a plain KSampler: {main['extraction_over_first_k_steps_seconds']:.3f} s = "
         f"{extraction(main):.4f} of b; {extraction(best):.4f} in `main_cpu_voting.json`. That baseline adds every "
-        "term in its layer (see this session's section), so these shares are low. Stages: "
+        "term in its layer (see the previous session's section), so these shares are low. Stages: "
         f"{ms(main['extraction_breakdown_seconds'])}. SLIC runs beside the step-k evaluation, so the stages add up "
         "to more than the whole.",
         "",
@@ -277,7 +279,7 @@ def main() -> None:
         + "; ".join((RESULTS / "slic_cpu.txt").read_text().splitlines()) + ". "
         "On the toy world ([`fidelity.md`](fidelity.md), 72 two-character samples a row) 128 px gives identity "
         f"leak {toy_128['identity leak']:.3f} and mask IoU {toy_128['mask IoU']:.3f}, against "
-        f"{toy_256['identity leak']:.3f} and {toy_256['mask IoU']:.3f} at 256 px; this session's rows at the "
+        f"{toy_256['identity leak']:.3f} and {toy_256['mask IoU']:.3f} at 256 px; the previous session's rows at the "
         "density of FLUX's 192 px are in fidelity.md.",
         "",
         "## Other settings (older code, same kind of device, one warm-up and one timed run each)",
@@ -293,7 +295,7 @@ def main() -> None:
                      f"{run['first_run_after_lora_change']['c FreeFuse continue']:.1f} |")
     lines += [
         "",
-        f"4 subjects at {main['size']} px (`subjects4.json`, two sessions back, with the reverted GPU voting, "
+        f"4 subjects at {main['size']} px (`subjects4.json`, three sessions back, with the reverted GPU voting, "
         "one timed "
         f"run each): b {four['b'][0]:.2f} s, c {four['c'][0]:.2f} s (c / b = {four_c:.3f}), d {four['d'][0]:.2f} s "
         f"(d / b = {four_d:.3f}); peak c - b {four['c'][1] - four['b'][1]:.2f} GiB.",
@@ -318,26 +320,7 @@ def main() -> None:
         f"{subjects.get('d 2 at 512 px', float('nan')):.2f} s for FreeFuse restart. The 3- and 4-subject hook runs "
         "did not finish inside the 10-minute call limit.",
         "",
-        "## Targets of issue 5 and where they stand",
-        "",
-        f"- Continue, 2 subjects, {latest['size']} px: c / b = {c:.3f} (target <= 1.08): {verdict(c, 1.08)}; "
-        f"the previous session's calls {over_b(main, 'c'):.3f} and {first_call['rows']['c'][1]:.3f}. 4 subjects: "
-        f"{four_latest_c:.3f} (target <= 1.10): {verdict(four_latest_c, 1.10)}, one timed run "
-        "(`subjects4_latest.json`).",
-        f"- Restart (default): d / b = {d:.3f} (target <= 1.27): {verdict(d, 1.27)} in this session's final call "
-        f"(its two runs: {timed_runs('main_latest_log.txt', 'd')}); the previous session's calls "
-        f"{over_b(main, 'd'):.3f} and {first_call['rows']['d'][1]:.3f}. Issue 5 gives 2.05 for the existing pack, "
-        "which was not measured here.",
-        f"- Extraction: {extraction(latest):.4f} of b over the extraction's own first k steps in the final call "
-        f"(target <= 0.02): {verdict(extraction(latest), 0.02)}. The earlier figures (previous session "
-        f"{extraction(main):.4f} and {first_call['extraction']:.4f}) are over a slower baseline (this session's "
-        "section).",
-        f"- Peak memory c - b = {peak_over_b(latest, 'c'):.2f} GiB at {latest['size']} px (target <= 0.5): "
-        f"{verdict(peak_over_b(latest, 'c'), 0.5)}, by prefetching the LoRA terms.",
-        "- 2048 px ran on the H100 (c / b above). Stage 1 never allocates an `N x N` tensor (asserted in "
-        "tests/core at 64 x 64).",
-        f"- The previous default, every term in its layer (`main_fused.json`): c / b {over_b(newest, 'c'):.3f}, "
-        f"d / b {over_b(newest, 'd'):.3f}, extraction {extraction(newest):.4f} of b.",
+        "## Where the time of the LoRA term went (four to two sessions back)",
         "",
         "Where the time went before the terms moved into the GELU and q/k norm: the masked LoRA term was added by "
         "separate GEMMs beside ComfyUI's own layer (`x A^T`, then the mask, then `y[:, slice] += h B^T` through "
@@ -442,7 +425,7 @@ def layer_lines(name: str, prefix: str) -> list[str]:
 
 
 def fused_section() -> list[str]:
-    """The H200 calls of two sessions back: the terms in the GELU and q/k norm (then off), and the SLIC handoff."""
+    """The H200 calls of three sessions back: the terms in the GELU and q/k norm (then off), and the SLIC handoff."""
     slic = {}
     for line in (RESULTS / "slic_beside_python.txt").read_text().splitlines():
         match = re.search(r"SLIC (alone|beside busy Python, default|beside busy Python, inside).*?median ([\d.]+) ms",
@@ -453,14 +436,14 @@ def fused_section() -> list[str]:
     rows = [("`main_fused_first.json`", "first kernels, every launch through Triton's autotuner", first),
             ("`main_fused.json`", "final: launches straight to the tuned config", last)]
     lines = [
-        "## Two sessions back: LoRA terms in the op after the layer, and the SLIC handoff (H200)",
+        "## Three sessions back: LoRA terms in the op after the layer, and the SLIC handoff (H200)",
         "",
         "- **Terms in the op after the layer** (`freefuse_core/fused.py`, `fused_kernels.py`). The MLP columns of "
         "`img_mlp.0`, `txt_mlp.0` and `linear1` feed only a tanh GELU, and the q and k columns of `qkv` and "
         "`linear1` feed only an RMS norm per head. The layer holds those columns' terms `(h, U)` and the GELU or "
         "norm computes `gelu(y + h U^T)` or `rms_norm(y + h U^T) w` in one Triton pass, so `y` is not read and "
         "written once more by an `addmm_`. It was off by default then: the runs below did not make the whole run "
-        "faster (the previous session turned it on; see above). The kernels are checked in Triton's CPU "
+        "faster (two sessions back turned it on; see above). The kernels are checked in Triton's CPU "
         "interpreter (float32, "
         "float16) and built for sm_86 and sm_90 without a GPU, where every autotune config must use at most 128 "
         "registers, spill none and load 128 bits at a time (`tests/core/test_fused.py`; the rank loop is unrolled "
@@ -537,15 +520,146 @@ def extraction_pairs(log: str) -> list[float]:
     return [1000 * (e - k) for e, k in zip(values[::2], values[1::2])]
 
 
+def in_run_share(run: dict) -> float | None:
+    """The median of the in-run extraction clock over b, where the run has it."""
+    seconds_ = run.get("step_k_to_masks_median_seconds")
+    return None if seconds_ is None else seconds_ / seconds(run, "b")
+
+
+def spread(run: dict, row: str) -> float:
+    runs = row_of(run, row)["runs"]
+    return max(runs) - min(runs)
+
+
+def four_row(name: str, call: str, run: dict) -> str:
+    resident = f"{run['c resident'][0]:.3f}" if "c resident" in run else ""
+    runs = ", ".join(f"{t:.3f}" for t in run["c"][2]) if len(run["c"]) > 2 else f"{run['c'][0]:.3f}"
+    return (f"| `{name}` | {call} | {run['b'][0]:.3f} | {run['c'][0]:.3f} | {run['c'][0] / run['b'][0]:.3f} | "
+            f"{runs} | {run['d'][0]:.3f} | {run['d'][0] / run['b'][0]:.3f} | {resident} |")
+
+
+FOURS = (("subjects4_onecall_first.json", "first, 1 run"), ("subjects4_onecall.json", "second, 3 runs"),
+         ("subjects4_final.json", "third, 3 runs"))
+
+
+def onecall_section(onecall: dict, final: dict) -> list[str]:
+    """This session's H200 calls: stage 1 in one sampler call; the extraction clocked inside the run."""
+    part = load("extraction_onecall.json")
+    pairs, clocks = [p["added"] for p in part["pairs"]], [p["step_k_to_masks"] for p in part["pairs"]]
+    stages = part["stages_per_extraction_s"]
+    fours = [load(name)["4"] for name, _ in FOURS]
+    final_pairs = [e - k for e, k in final["extraction_pairs_seconds"]]
+    first_pairs = extraction_pairs("main_onecall_log.txt")
+    lines = [
+        "## This session (2026-12-02, from 05:30 UTC): stage 1 in one sampler call (H200, three calls)",
+        "",
+        "- **Stage 1 is one sampler call.** It used to be two: steps 0..k-1, then a second call for step k up to "
+        "block b. Each ComfyUI sampler call loads the model (detaching and re-injecting it), processes the "
+        "conditioning and sets up the guider, and before this change the previous session measured the capture "
+        "call to block 0 at about 20 ms. Now a sampler-sample wrapper (`sampling._StepK`) runs the sampler over "
+        "steps 0..k-1 and then, in the same call, decodes x0, starts SLIC and evaluates step k from the sampler's "
+        "own latent (`x_k = noise_scaling(sigma_k, 0, samples)`, as ComfyUI's KSAMPLER starts a sampler from a "
+        "latent), at cfg 1, stopped in block b. "
+        "`test_stage_one_is_one_sampler_call_that_evaluates_step_k_from_its_own_latent`: one `comfy.sample.sample` "
+        "call; its latent equals KSamplerAdvanced's to step k exactly; the capture's input is "
+        "`(1 - sigma_k) * process_latent_in` of it.",
+        "- **The extraction clocked inside the run** (`flux_bench.StepKClock`): from the x0 image's start, once the "
+        "GPU has finished steps 0..k-1, to the end of the voting. The pairs (an extraction, then its first k steps "
+        "alone) subtract two runs of about 1.2 s whose own spread is larger than the extraction.",
+        "- **Gen-2 collections** are timed per run: none in the 30 timed runs of the two main calls; one of "
+        f"{max(c for c in load('subjects4_onecall.json')['4']['c'][3]):.3f} s in a 4-subject c run.",
+        "",
+        "Main part, b, c, d (5 timed runs each), one process a call (ratios to b of the same run):",
+        "",
+        "| file | call | b s | c / b | c runs, s | d / b | d runs, s | extraction pairs / b | in the run / b "
+        "| peak c - b GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, call, run in (("main_onecall.json", "first", onecall), ("main_final.json", "third", final)):
+        share = in_run_share(run)
+        lines.append(f"| `{name}` | {call} | {seconds(run, 'b'):.3f} | {over_b(run, 'c'):.3f} | "
+                     + ", ".join(f"{t:.3f}" for t in row_of(run, "c")["runs"]) + f" | {over_b(run, 'd'):.3f} | "
+                     + ", ".join(f"{t:.3f}" for t in row_of(run, "d")["runs"]) + f" | {extraction(run):.4f} | "
+                     + ("" if share is None else f"{share:.4f}") + f" | {peak_over_b(run, 'c'):.2f} |")
+    lines += [
+        "",
+        "Extraction pairs (extraction minus its first k steps, ms): first call "
+        + ", ".join(f"{v:.0f}" for v in first_pairs) + "; third call "
+        + ", ".join(f"{1000 * v:.0f}" for v in final_pairs) + ". In the run, third call: "
+        + ", ".join(f"{1000 * v:.0f}" for v in final["step_k_to_masks_seconds"]) + " ms. The second call "
+        "(`bash bench/device_run.sh OUT extraction`, `extraction_onecall.json`, no row b in that process) gave "
+        "pairs " + ", ".join(f"{1000 * v:.0f}" for v in pairs) + " ms (median "
+        f"{1000 * statistics.median(pairs):.0f}) and in the run " + ", ".join(f"{1000 * v:.0f}" for v in clocks)
+        + f" ms (median {1000 * statistics.median(clocks):.0f}). Its stages (mean of 3 extractions): "
+        + ms({k: stages[k] for k in ("x0 to image", "VAE.decode (inside x0 to image)",
+                                     "VAE network (inside x0 to image)", "superpixels (worker thread)",
+                                     "step k to block b (beside the superpixels)", "voting, whole (_vote)",
+                                     "load_models_gpu", "free_memory")})
+        + ". The x0 image took " + f"{1000 * stage(onecall, 'x0 to image'):.1f}" + " ms in the first call's "
+        "stage timer and " + f"{1000 * stage(final, 'x0 to image'):.1f}" + " ms in the third's, against "
+        f"{1000 * stage(load('main_latest.json'), 'x0 to image'):.1f} ms between the two sampler calls of the "
+        "previous session's code; in the second call ComfyUI's `VAE.decode` took "
+        f"{1000 * stages['VAE.decode (inside x0 to image)']:.1f} ms around "
+        f"{1000 * stages['VAE network (inside x0 to image)']:.1f} ms of its network. Where that difference goes "
+        "was not found.",
+        "",
+        "4 subjects at 1024 px (`bash bench/device_run.sh OUT subjects`; b / c / d / c with resident terms, "
+        "medians, seconds):",
+        "",
+        "| file | call | b | c | c / b | c runs | d | d / b | c resident |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(four_row(name, call, load(name)["4"]) for name, call in FOURS),
+        "",
+        f"The same code on three machines: c / b with 2 subjects {over_b(onecall, 'c'):.2f} and "
+        f"{over_b(final, 'c'):.2f}, with 4 subjects " + ", ".join(f"{r['c'][0] / r['b'][0]:.2f}" for r in fours)
+        + f". The second call's prefetched c was {fours[1]['c'][0] - fours[1]['c resident'][0]:.2f} s slower than "
+        f"its resident c, the third call's {fours[2]['c'][0] - fours[2]['c resident'][0]:+.3f} s. The machine of "
+        f"the third call was the noisiest: its c runs spread over {spread(final, 'c'):.2f} s, the first call's "
+        f"over {spread(onecall, 'c'):.2f} s.",
+    ]
+    return lines
+
+
+def targets(onecall: dict, final: dict, latest: dict) -> list[str]:
+    """Issue 5's acceptance points against this session's three calls."""
+    fours = [load(name)["4"] for name, _ in FOURS]
+    four_ratios = ", ".join(f"{r['c'][0] / r['b'][0]:.3f}" for r in fours)
+    calls = (onecall, final)
+    c2, d2 = [over_b(r, "c") for r in calls], [over_b(r, "d") for r in calls]
+    limit = 1 + 6 / final["steps"] + 0.06
+    part = load("extraction_onecall.json")
+    return [
+        "## Targets of issue 5 and where they stand (this session's calls)",
+        "",
+        f"- Continue, 2 subjects, 1024 px: c / b = {c2[0]:.3f} (first call) and {c2[1]:.3f} (third) against <= "
+        f"1.08: met in the first call, **not in the third**. 4 subjects: {four_ratios} (three calls) against "
+        "<= 1.10: met in the third call only (1 run in the first call, 3 in the others).",
+        f"- Restart (default): d / b = {d2[0]:.3f} and {d2[1]:.3f} against 1 + k/steps + 0.06 = {limit:.3f} "
+        f"(the issue rounds it to 1.27): {verdict(max(d2), min(limit, 1.27))} in both calls. Issue 5 gives 2.05 "
+        "for the existing pack, which was not measured here.",
+        f"- Extraction (<= 0.02 of b): pairs {extraction(onecall):.4f} (first call) and {extraction(final):.4f} "
+        f"(third); clocked in the run {in_run_share(final):.4f} (third call); in the second call "
+        f"{1000 * part['added_median_s']:.0f} ms (pairs) and {1000 * part['step_k_to_masks_median_s']:.0f} ms (in "
+        f"the run), {part['step_k_to_masks_median_s'] / seconds(onecall, 'b'):.4f} of the first call's b (another "
+        "process). **Not met in one measurement that holds in every call.**",
+        f"- Peak memory c - b = {peak_over_b(onecall, 'c'):.2f} and {peak_over_b(final, 'c'):.2f} GiB at 1024 px "
+        f"(target <= 0.5): {verdict(max(peak_over_b(r, 'c') for r in calls), 0.5)}, by prefetching the LoRA terms.",
+        "- 2048 px ran on the H100 in an earlier session (the scaling table below), not again since; stage 1 never "
+        "allocates an `N x N` tensor (asserted in tests/core at 64 x 64).",
+        f"- Row e (core hooks): {over_b(load('main_h100.json'), 'e'):.1f} x b on the H100 (earlier session), not "
+        "run on the H200.",
+    ]
+
+
 def latest_section(latest: dict, four: dict) -> list[str]:
-    """This session's H200 calls: where the extraction's time went, what changed, the final code."""
-    calls = [("`extraction_first.json`", "the previous session's code", load("extraction_first.json")),
+    """The previous session's H200 calls: where the extraction's time went, what changed, its final code."""
+    calls = [("`extraction_first.json`", "the code of two sessions back", load("extraction_first.json")),
              ("`extraction_second.json`", "rings kept, one stage-1 clone, superpixels at 192 px",
               load("extraction_second.json"))]
     staging = load("staging.json")
     before_four = load("subjects4_first.json")["4"]
     lines = [
-        "## This session (2026-12-02): the extraction and 4 subjects (H200, three calls)",
+        "## The previous session (2026-12-02, to 03:35 UTC): the extraction and 4 subjects (H200, three calls)",
         "",
         "`bash bench/device_run.sh OUT extraction` (`flux_bench.py --part extraction`) times 9 pairs of a warm "
         "extraction and the same process's first k steps, the garbage collector's time in each, the stages, "
@@ -574,7 +688,7 @@ def latest_section(latest: dict, four: dict) -> list[str]:
         f"the largest held a full garbage collection of {1000 * gen2:.0f} ms. Voting took "
         f"{first['alone_ms']['voting alone (_vote)']:.1f} ms alone; the stage timer read "
         f"{1000 * first['stages_per_extraction_s']['voting']:.1f} ms for `vote_owner` in these extractions, where "
-        f"the previous session's one extraction read {1000 * stage(load('main_default.json'), 'voting'):.1f} ms.",
+        f"the one extraction of two sessions back read {1000 * stage(load('main_default.json'), 'voting'):.1f} ms.",
         "- **Prefetch rings kept across sampler calls.** ComfyUI 0.33 detaches and reloads a model at every "
         "sampler call that loads it, and the injection dropped its rings at each eject, so every call built a "
         "new ring and every layer's views over it again. The rings now stay until a full unload, or until "
@@ -593,7 +707,7 @@ def latest_section(latest: dict, four: dict) -> list[str]:
         "of earlier sessions, are therefore too low. The bench now times the extraction's own first call "
         "(`flux_bench.first_k_steps`). A FreeFuse model sampled by a plain KSampler also runs that slower path.",
         "",
-        f"Final call (`main_latest.json`): extraction {latest['extraction_over_first_k_steps_seconds'] * 1000:.0f} ms "
+        f"Its final call (`main_latest.json`): extraction {latest['extraction_over_first_k_steps_seconds'] * 1000:.0f} ms "
         f"= {extraction(latest):.4f} of b, the median of 5 pairs "
         f"({', '.join(f'{v:.0f}' for v in extraction_pairs('main_latest_log.txt'))} ms). Stages: "
         f"{ms(latest['extraction_breakdown_seconds'])}.",
@@ -603,7 +717,7 @@ def latest_section(latest: dict, four: dict) -> list[str]:
         "| file | code | b | c | c / b | d | d / b | c resident | peak c - b GiB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, code, run in (("`subjects4_first.json`", "the previous session's code", before_four),
+    for name, code, run in (("`subjects4_first.json`", "the code of two sessions back", before_four),
                             ("`subjects4_latest.json`", "final", four)):
         resident = f"{run['c resident'][0]:.3f}" if "c resident" in run else ""
         lines.append(f"| {name} | {code} | {run['b'][0]:.3f} | {run['c'][0]:.3f} | {run['c'][0] / run['b'][0]:.3f} | "
@@ -648,7 +762,7 @@ def check_hosts() -> dict[str, tuple[float, float]]:
 
 
 def session_section(final: dict, first: dict) -> list[str]:
-    """The previous session's H200 calls: host- or GPU-bound (`--part host`), then the main part twice."""
+    """The H200 calls of two sessions back: host- or GPU-bound (`--part host`), then the main part twice."""
     before, after = load("host_first.json"), load("host.json")
     hosts = check_hosts()
     direct, jit = [v[0] for v in hosts.values()], [v[1] for v in hosts.values()]
@@ -657,7 +771,7 @@ def session_section(final: dict, first: dict) -> list[str]:
             ("`host.json`", "after the first changes below: terms in the GELU and q/k norm by default", after,
              ("c-unfused", "c"))]
     lines = [
-        "## The previous session (2026-12-01): terms in the GELU and q/k norm by default, fewer host calls per "
+        "## Two sessions back (2026-12-01): terms in the GELU and q/k norm by default, fewer host calls per "
         "layer (H200)",
         "",
         "Is the masked sampler bound by the GPU or by the host's Python? `bash bench/device_run.sh OUT host` "
@@ -706,7 +820,7 @@ def session_section(final: dict, first: dict) -> list[str]:
         f"{over_b(final, 'd'):.3f} | {over_b(final, RESIDENT):.3f} | {over_b(final, 'c-unfused'):.3f} | "
         f"{over_b(final, 'd-unfused'):.3f} | {extraction(final):.4f} | {peak_over_b(final, 'c'):.2f} |",
         "",
-        f"Against the default of two sessions back (`main_fused.json`: c / b {over_b(previous, 'c'):.3f}, d / b "
+        f"Against the default of three sessions back (`main_fused.json`: c / b {over_b(previous, 'c'):.3f}, d / b "
         f"{over_b(previous, 'd'):.3f}) the final code gives {over_b(final, 'c'):.3f} and {over_b(final, 'd'):.3f}. "
         f"The fused default and the unfused path give latents that differ by max |diff| "
         f"{final['default_vs_unfused_max_abs_diff']:.3f} on the same masks (bfloat16; latents up to about 17). "
