@@ -130,7 +130,6 @@ def main() -> None:
     latest = load("main_latest.json")
     main = load("main_default.json")
     first_call = printed(FIRST_CALL)   # the other main call of two sessions back: its printout alone came back
-    newest = load("main_fused.json")
     previous = load("main_previous_session.json")
     best = load("main_cpu_voting.json")
     h100 = load("main_h100.json")
@@ -141,7 +140,6 @@ def main() -> None:
     subjects = subjects_from_log()
     c, d = over_b(final, "c"), over_b(final, "d")
     latest_four = load("subjects4_latest.json")["4"]
-    four_latest_c = latest_four["c"][0] / latest_four["b"][0]
     spread_c = [over_b(load(name), "c") for name, _ in RUNS]
     spread_d = [over_b(load(name), "d") for name, _ in RUNS if any(k.startswith("d ") for k in load(name)["rows"])]
     four_c, four_d = four["c"][0] / four["b"][0], four["d"][0] / four["b"][0]
@@ -707,7 +705,8 @@ def latest_section(latest: dict, four: dict) -> list[str]:
         "of earlier sessions, are therefore too low. The bench now times the extraction's own first call "
         "(`flux_bench.first_k_steps`). A FreeFuse model sampled by a plain KSampler also runs that slower path.",
         "",
-        f"Its final call (`main_latest.json`): extraction {latest['extraction_over_first_k_steps_seconds'] * 1000:.0f} ms "
+        f"Its final call (`main_latest.json`): extraction "
+        f"{latest['extraction_over_first_k_steps_seconds'] * 1000:.0f} ms "
         f"= {extraction(latest):.4f} of b, the median of 5 pairs "
         f"({', '.join(f'{v:.0f}' for v in extraction_pairs('main_latest_log.txt'))} ms). Stages: "
         f"{ms(latest['extraction_breakdown_seconds'])}.",
