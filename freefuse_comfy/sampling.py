@@ -160,8 +160,7 @@ def latent_image_of(setup: SamplingSetup) -> torch.Tensor:
 
 
 def run_sampler(model, setup: SamplingSetup, noise, latent_image, callback, **kwargs) -> torch.Tensor:
-    return comfy_sample.sample(model, noise, setup.steps, kwargs.pop("cfg", setup.cfg),
-                               kwargs.pop("sampler_name", setup.sampler_name), setup.scheduler,
+    return comfy_sample.sample(model, noise, setup.steps, setup.cfg, setup.sampler_name, setup.scheduler,
                                setup.positive, setup.negative, latent_image, denoise=setup.denoise,
                                noise_mask=setup.latent.get("noise_mask"), callback=callback,
                                seed=setup.seed, **kwargs)
