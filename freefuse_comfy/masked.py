@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .host import WrappersMP, comfy_sample, latent_preview
+from .host import WrappersMP, latent_preview
 from .injection import CallMasks, CallScope, loras_of
-from .sampling import SAMPLER_NODE, WRAPPER_KEY, FreeFuseMasks, latent_image_of, noise_of, run_sampler
+from .sampling import SAMPLER_NODE, WRAPPER_KEY, FreeFuseMasks, latent_image_of, noise_of, run_sampler, sigmas_of
 
 MODES = ("restart", "continue")
 MODULATION = ("keep", "drop")
@@ -112,6 +112,23 @@ def masked_model(masks: FreeFuseMasks, modulation: str = "keep", token_isolation
     return model
 
 
+def continue_noise(masks: FreeFuseMasks, model) -> torch.Tensor:
+    """The noise `n` with which ComfyUI's sampler, started at step k on the input latent `L`, starts from
+    the extraction's state `x_k`: `noise_scaling(sigma_k, n, L) = x_k`, solved as `noise_scaling` is affine
+    in `n` (flow models: `sigma n + (1 - sigma) L`). A noise mask's frozen region then blends with `L` and
+    the extraction's own noise there (its `x_k` holds `sigma_k n + (1 - sigma_k) L`), as one sampler would.
+    """
+    setup, inner = masks.setup, model.model
+    sampling = model.get_model_object("model_sampling")
+    sigma = sigmas_of(setup)[masks.step]
+    latent = latent_image_of(setup).float()
+    latent = inner.process_latent_in(latent) if torch.count_nonzero(latent) > 0 else latent   # as ComfyUI does
+    state = sampling.noise_scaling(sigma, torch.zeros_like(latent),
+                                   inner.process_latent_in(masks.latent_at_step["samples"].float()))
+    base = sampling.noise_scaling(sigma, torch.zeros_like(latent), latent)
+    return (state - base) / (sampling.noise_scaling(sigma, torch.ones_like(latent), latent) - base)
+
+
 def sample_masked(masks: FreeFuseMasks, mode: str, modulation: str = "keep", token_isolation: bool = False) -> dict:
     """Stage 2 in `mode`: 'restart' from step 0 with the same seed, or 'continue' from step k."""
     if mode not in MODES:
@@ -122,9 +139,8 @@ def sample_masked(masks: FreeFuseMasks, mode: str, modulation: str = "keep", tok
     if mode == "restart":
         samples = run_sampler(model, setup, noise_of(setup), latent_image_of(setup), callback)
     else:
-        start = masks.latent_at_step["samples"]
-        samples = run_sampler(model, setup, comfy_sample.prepare_empty_noise(start), start, callback,
-                          disable_noise=True, start_step=masks.step, force_full_denoise=True)
+        samples = run_sampler(model, setup, continue_noise(masks, model), latent_image_of(setup), callback,
+                              start_step=masks.step, force_full_denoise=True)
     out = {k: v for k, v in setup.latent.items() if k not in ("downscale_ratio_spacial", "downscale_ratio_temporal")}
     out["samples"] = samples
     return out

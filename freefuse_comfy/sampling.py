@@ -166,7 +166,7 @@ def run_sampler(model, setup: SamplingSetup, noise, latent_image, callback, **kw
                                seed=setup.seed, **kwargs)
 
 
-def _sigmas(setup: SamplingSetup) -> torch.Tensor:
+def sigmas_of(setup: SamplingSetup) -> torch.Tensor:
     return comfy_samplers.KSampler(setup.model, steps=setup.steps, device="cpu",
                                    sampler=setup.sampler_name, scheduler=setup.scheduler,
                                    denoise=setup.denoise).sigmas
@@ -209,7 +209,7 @@ def capture_model(setup: SamplingSetup, block: int, loras_before: bool, token_se
     unarmed `_Capture` for step `step`'s sigma."""
     options = setup.model.model_options.get("transformer_options", {})
     previous = options.get("patches_replace", {}).get("dit", {}).get(("double_block", block))
-    capture = _Capture(_grid(setup.latent), token_sets, float(_sigmas(setup)[step]), previous)
+    capture = _Capture(_grid(setup.latent), token_sets, float(sigmas_of(setup)[step]), previous)
     model = setup.model.clone()
     model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _loras_wrapper(loras_before))
     model.set_model_patch_replace(capture.replace_block, "dit", "double_block", block)

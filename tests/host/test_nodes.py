@@ -249,7 +249,7 @@ def test_stage_one_is_one_sampler_call_that_evaluates_step_k_from_its_own_latent
         reference = nodes.KSamplerAdvanced().sample(model, "enable", 0, 4, 1.0, "euler", "simple", positive, positive,
                                                     empty_latent(64, 64), 0, 2, "enable")[0]["samples"]
     torch.testing.assert_close(masks.latent_at_step["samples"], reference, atol=0, rtol=0)
-    sigma_k = float(sampling._sigmas(masks.setup)[2])
+    sigma_k = float(sampling.sigmas_of(masks.setup)[2])
     assert seen["sigma"] == pytest.approx(sigma_k)
     state = (1 - sigma_k) * model.model.process_latent_in(reference)
     torch.testing.assert_close(seen["x"].cpu(), state, atol=1e-6, rtol=1e-5)
@@ -333,6 +333,23 @@ def test_end_to_end_settings(world, two_loras, settings):
     for mode in ("restart", "continue"):
         out = world.masked(masks, mode)
         assert out.shape == (batch, 16, h, w) and torch.isfinite(out).all()
+
+
+def test_a_noise_mask_keeps_the_region_it_freezes_as_a_stock_ksampler_does(world, two_loras):
+    """An inpainting latent: stage 1 (the capture's evaluation included) and both stage-2 modes sample with
+    the noise mask, so where it is 0 the output is a stock KSampler's (the input latent, kept)."""
+    a, b = two_loras
+    model = world.loras((a, "Alice"), (b, "Bob"))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1                               # resample the left half only
+    latent = nodes.SetLatentNoiseMask().set_mask(empty_latent(64, 64), mask)[0]
+    masks = world.extract(model, latent=latent, steps=3, mask_step=1)
+    assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
+    stock = stock_sample(model, world.encode(), latent, masks.setup)
+    for mode in ("restart", "continue"):
+        out = world.masked(masks, mode)
+        torch.testing.assert_close(out[..., 5:], stock[..., 5:], atol=1e-6, rtol=1e-6)   # latent columns 5..7
+        assert (out[..., :3] - stock[..., :3]).abs().max() > 1e-3                     # the resampled side differs
 
 
 def test_fp8_weights_end_to_end(pack, lora_dir):
