@@ -567,6 +567,10 @@ def onecall_section(onecall: dict, final: dict) -> list[str]:
         "- **The extraction clocked inside the run** (`flux_bench.StepKClock`): from the x0 image's start, once the "
         "GPU has finished steps 0..k-1, to the end of the voting. The pairs (an extraction, then its first k steps "
         "alone) subtract two runs of about 1.2 s whose own spread is larger than the extraction.",
+        "- **After the last call**, continue mode starts ComfyUI's sampler at step k on the input latent, with the "
+        "noise that gives the extraction's state x_k (`masked.continue_noise`), so a noise mask's frozen region "
+        "stays the input latent; this adds one pass over the latent on the CPU a run and was not timed on the "
+        "device.",
         "- **Gen-2 collections** are timed per run: none in the 40 timed runs of the three main calls; one of "
         f"{max(c for c in load('subjects4_onecall.json')['4']['c'][3]):.3f} s in a 4-subject c run.",
         "",
