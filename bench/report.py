@@ -551,13 +551,17 @@ def onecall_section(onecall: dict, final: dict) -> list[str]:
     fourth = MAINS[2][2]
     final_pairs = [e - k for e, k in final["extraction_pairs_seconds"]]
     first_pairs = extraction_pairs("main_onecall_log.txt")
+    block0 = load("extraction_second.json")["alone_ms"]["capture to block 0"]
+    first_k = [k for _, _, run in MAINS[1:] for _, k in run["extraction_pairs_seconds"]]
+    collections = [c for _, _, run in MAINS for row in run["rows"].values() for c in row["gen2_gc_s"]]
     lines = [
         "## This session (2026-12-02, from 05:30 UTC): stage 1 in one sampler call (H200, four calls)",
         "",
         "- **Stage 1 is one sampler call.** It used to be two: steps 0..k-1, then a second call for step k up to "
         "block b. Each ComfyUI sampler call loads the model (detaching and re-injecting it), processes the "
         "conditioning and sets up the guider, and before this change the previous session measured the capture "
-        "call to block 0 at about 20 ms. Now a sampler-sample wrapper (`sampling._StepK`) runs the sampler over "
+        f"call to block 0 at {block0:.1f} ms (`extraction_second.json`). Now a sampler-sample wrapper "
+        "(`sampling._StepK`) runs the sampler over "
         "steps 0..k-1 and then, in the same call, decodes x0, starts SLIC and evaluates step k from the sampler's "
         "own latent (`x_k = noise_scaling(sigma_k, 0, samples)`, as ComfyUI's KSAMPLER starts a sampler from a "
         "latent), at cfg 1, stopped in block b. "
@@ -566,12 +570,14 @@ def onecall_section(onecall: dict, final: dict) -> list[str]:
         "`(1 - sigma_k) * process_latent_in` of it.",
         "- **The extraction clocked inside the run** (`flux_bench.StepKClock`): from the x0 image's start, once the "
         "GPU has finished steps 0..k-1, to the end of the voting. The pairs (an extraction, then its first k steps "
-        "alone) subtract two runs of about 1.2 s whose own spread is larger than the extraction.",
+        f"alone) subtract two runs of which the k steps alone took {min(first_k):.3f} to {max(first_k):.3f} s in "
+        "the third and fourth calls, a spread larger than the extraction.",
         "- **After the last call**, continue mode starts ComfyUI's sampler at step k on the input latent, with the "
         "noise that gives the extraction's state x_k (`masked.continue_noise`), so a noise mask's frozen region "
         "stays the input latent; this adds one pass over the latent on the CPU a run and was not timed on the "
         "device.",
-        "- **Gen-2 collections** are timed per run: none in the 40 timed runs of the three main calls; one of "
+        f"- **Gen-2 collections** are timed per run: {sum(c > 0 for c in collections)} in the "
+        f"{len(collections)} timed runs of the {len(MAINS)} main calls; one of "
         f"{max(c for c in load('subjects4_onecall.json')['4']['c'][3]):.3f} s in a 4-subject c run.",
         "",
         "Main part, b, c, d (5 timed runs each; the fourth call b and c only, in the device time left), one "
