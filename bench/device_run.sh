@@ -21,6 +21,17 @@ parts=${*:-layers main subjects}
 mkdir -p "$out"
 export TRITON_PRINT_AUTOTUNING=1   # the logs name the block shapes the fused kernels' autotuning picked
 log() { grep -v "it/s" > "$out/$1"; }
+# The machine while the parts run: the GPU's clocks, temperature, power and throttle reasons every 0.5 s
+# (gpu_monitor_PARTS.csv), and the host's load and CPU time split (user, system, steal: /proc/stat) every 1 s
+# (host_monitor_PARTS.txt), each line stamped with seconds since the epoch.
+tag=${parts// /_}
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,clocks_throttle_reasons.active \
+    --format=csv -lms 500 > "$out/gpu_monitor_$tag.csv" 2>&1 &
+fi
+while sleep 1; do echo "$(date +%s.%N) $(cut -d' ' -f1-3 /proc/loadavg) $(head -1 /proc/stat)"; done \
+  > "$out/host_monitor_$tag.txt" &
+trap 'kill $(jobs -p) 2> /dev/null' EXIT
 for part in $parts; do
   case $part in
     layers) python3 bench/layer_bench.py --fused > "$out/fused_layers.txt" 2>&1; cat "$out/fused_layers.txt" ;;

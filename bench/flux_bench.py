@@ -50,7 +50,7 @@ def parse_args():
     p.add_argument("--fp8", action="store_true", help="base weights stored as float8_e4m3fn (bf16 compute)")
     p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
     p.add_argument("--rows", default="abcdepu", help="which rows of the main and subjects parts to run (p: c' with "
-                   "the terms resident, u: c-unfused and d-unfused)")
+                   "the terms resident, u: c-unfused and d-unfused, B: b again after the FreeFuse rows)")
     p.add_argument("--subjects", default="2,3,4", help="subject counts of the subjects part")
     return p.parse_args()
 
@@ -65,8 +65,9 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing(True)
 import comfy.cli_args  # noqa: E402,F401
 import comfy.lora  # noqa: E402
-import comfy.model_patcher  # noqa: E402
+import comfy.model_base  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
+import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
@@ -264,17 +265,78 @@ def lora_gib(model) -> dict:
 
 
 def measure(fn, repeats: int, name: str = ""):
-    """(median seconds, peak GiB, each run's seconds, each run's seconds in the collector's gen-2 passes)."""
+    """(median seconds, peak GiB, each run's seconds, each run's seconds in the collector's gen-2 passes,
+    each run's `EvalClock.summary()`)."""
     note(f"{name}: warm-up")
     fn()  # warm-up
-    runs, collected = [], []
+    runs, collected, clocks = [], [], []
     for _ in range(repeats):
-        with GcTimer() as collector:
+        with GcTimer() as collector, EvalClock() as clock:
             runs.append(timed(fn))
         collected.append(collector.seconds[2])
+        clocks.append(clock.summary())
     note(f"{name}: " + ", ".join(f"{r[0]:.3f} s" for r in runs)
-         + "; gen-2 collections (s): " + ", ".join(f"{c:.3f}" for c in collected))
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs), [r[0] for r in runs], collected
+         + "; gen-2 collections (s): " + ", ".join(f"{c:.3f}" for c in collected)
+         + "; evaluations: " + "; ".join(", ".join(f"{k} {v}" for k, v in c.items()) for c in clocks))
+    return (statistics.median(r[0] for r in runs), max(r[1] for r in runs), [r[0] for r in runs], collected,
+            clocks)
+
+
+class EvalClock:
+    """When each model evaluation of a run starts, on the host and on the GPU: is the run bound by the GPU
+    or by the host's Python? At each `BaseModel.apply_model` call the host's clock is read and a CUDA event
+    recorded on the current stream. The GPU reaches evaluation `i` `lag_i = t_gpu(i) - t_host(i)` after the
+    host queued it (`t_gpu` from the event's time after one recorded at the start on an idle GPU). While the
+    host runs ahead of the GPU, the lag stays up (the launch queue is full); where the host's work is the
+    bottleneck, the GPU drains the queue and the lag falls to about 0."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, object]] = []
+        self.saved = None
+
+    def __enter__(self):
+        base = comfy.model_base.BaseModel
+        self.saved = real = base.apply_model
+        marks = self.marks
+
+        def apply_model(model, *args, **kwargs):
+            if DEVICE.type == "cuda":
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                marks.append((time.perf_counter(), event))
+            return real(model, *args, **kwargs)
+
+        if DEVICE.type == "cuda":
+            sync()
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+            self.start_host = time.perf_counter()
+        base.apply_model = apply_model
+        return self
+
+    def __exit__(self, *exc):
+        comfy.model_base.BaseModel.apply_model = self.saved
+        if DEVICE.type == "cuda":
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.end.record()
+            self.end_host = time.perf_counter()
+
+    def summary(self) -> dict:
+        """Milliseconds, medians over the run's evaluations: GPU and host time between evaluation starts,
+        the lag, its minimum, and how many evaluations the GPU reached less than 2 ms after the host."""
+        if not self.marks:
+            return {}
+        self.end.synchronize()
+        gpu = [self.start_host + self.start.elapsed_time(event) / 1000 for _, event in self.marks]
+        host = [t for t, _ in self.marks]
+        lag = [1000 * (g - h) for g, h in zip(gpu, host)]
+
+        def median_gap(times):
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            return round(1000 * statistics.median(gaps), 2) if gaps else None
+        return {"evaluations": len(self.marks), "gpu_ms": median_gap(gpu), "host_ms": median_gap(host),
+                "lag_ms": round(statistics.median(lag), 1), "min_lag_ms": round(min(lag[1:] or lag), 1),
+                "caught_up": sum(x < 2 for x in lag[1:])}
 
 
 class StageTimer:
@@ -448,6 +510,9 @@ def main_part(bench: Bench):
         rows["c FreeFuse continue"] = measure(lambda: bench.freefuse(setup, "continue"), repeats, "c")
     if "d" in todo:
         rows["d FreeFuse restart (default)"] = measure(lambda: bench.freefuse(setup, "restart"), repeats, "d")
+    if "B" in todo:   # b once more after the FreeFuse rows: did the machine drift while they ran?
+        again = bench.merged(names)
+        rows["b again, after the FreeFuse rows"] = measure(lambda: bench.stock(again, setup), repeats, "b again")
     parity = resident_gib = None
     if "p" in todo:  # c with every LoRA term resident on the GPU (no prefetch): cost and parity
         prefetched = bench.freefuse(setup, "continue")[0]["samples"]
@@ -488,7 +553,8 @@ def main_part(bench: Bench):
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "kernel": platform.release(), "host_side_copy_ms_13mib": host_side_copy_ms(),
         "dynamic_vram": not ARGS.disable_dynamic_vram, "fp8": ARGS.fp8, "steps": steps, "size": size, "rank": rank,
-        "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b, "runs": v[2], "gen2_gc_s": v[3]}
+        "rows": {k: {"seconds": v[0], "peak_gib": v[1], "over_b": v[0] / b, "runs": v[2], "gen2_gc_s": v[3],
+                     "evaluations": v[4]}
                  for k, v in rows.items()},
         "first_run_after_lora_change": first,
         "superpixel_px": default_px,
@@ -836,7 +902,7 @@ def staging_part(bench: Bench):
 
 
 def main():
-    note("building the model")
+    note(f"building the model (the clock's 0 is {time.time() - (time.perf_counter() - T0):.1f} s since the epoch)")
     bench = Bench(torch.float8_e4m3fn if ARGS.fp8 else torch.bfloat16)
     note("model built")
     out = Path(ARGS.out)
