@@ -277,21 +277,23 @@ def measure(fn, repeats: int, name: str = ""):
         clocks.append(clock.summary())
     note(f"{name}: " + ", ".join(f"{r[0]:.3f} s" for r in runs)
          + "; gen-2 collections (s): " + ", ".join(f"{c:.3f}" for c in collected)
-         + "; evaluations: " + "; ".join(", ".join(f"{k} {v}" for k, v in c.items()) for c in clocks))
+         + "; evaluations: " + "; ".join(", ".join(f"{k} {v}" for k, v in c.items() if not isinstance(v, list))
+                                         for c in clocks))
     return (statistics.median(r[0] for r in runs), max(r[1] for r in runs), [r[0] for r in runs], collected,
             clocks)
 
 
 class EvalClock:
-    """When each model evaluation of a run starts, on the host and on the GPU: is the run bound by the GPU
-    or by the host's Python? At each `BaseModel.apply_model` call the host's clock is read and a CUDA event
-    recorded on the current stream. The GPU reaches evaluation `i` `lag_i = t_gpu(i) - t_host(i)` after the
-    host queued it (`t_gpu` from the event's time after one recorded at the start on an idle GPU). While the
-    host runs ahead of the GPU, the lag stays up (the launch queue is full); where the host's work is the
+    """Each model evaluation of a run on the host's clock and on the GPU's: is the run bound by the GPU or
+    by the host's Python, and where does the GPU's time outside the evaluations go? At the start and the
+    end of each `BaseModel.apply_model` call the host's clock is read and a CUDA event recorded on the
+    current stream (`t_gpu` from each event's time after one recorded at the start, on an idle GPU). The
+    GPU reaches evaluation `i` `lag_i = t_gpu(start_i) - t_host(start_i)` after the host queued it: while
+    the host runs ahead, the lag stays up (the launch queue is full); where the host's work is the
     bottleneck, the GPU drains the queue and the lag falls to about 0."""
 
     def __init__(self):
-        self.marks: list[tuple[float, object]] = []
+        self.marks: list[tuple[float, object, object]] = []   # (host start, GPU start event, GPU end event)
         self.saved = None
 
     def __enter__(self):
@@ -300,11 +302,15 @@ class EvalClock:
         marks = self.marks
 
         def apply_model(model, *args, **kwargs):
-            if DEVICE.type == "cuda":
-                event = torch.cuda.Event(enable_timing=True)
-                event.record()
-                marks.append((time.perf_counter(), event))
-            return real(model, *args, **kwargs)
+            if DEVICE.type != "cuda":
+                return real(model, *args, **kwargs)
+            host, start = time.perf_counter(), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = real(model, *args, **kwargs)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            marks.append((host, start, end))
+            return result
 
         if DEVICE.type == "cuda":
             sync()
@@ -319,24 +325,25 @@ class EvalClock:
         if DEVICE.type == "cuda":
             self.end = torch.cuda.Event(enable_timing=True)
             self.end.record()
-            self.end_host = time.perf_counter()
 
     def summary(self) -> dict:
-        """Milliseconds, medians over the run's evaluations: GPU and host time between evaluation starts,
-        the lag, its minimum, and how many evaluations the GPU reached less than 2 ms after the host."""
+        """Milliseconds: per evaluation its GPU time (`eval_ms`), the GPU's time since the previous one ended
+        (`between_ms`: the sampler's own ops, the extraction's x0 image and voting, the next sampler call's
+        setup, and any idle time; the first from the run's start) and the lag; their medians and sums, the
+        GPU's time after the last evaluation, and how many evaluations the GPU reached < 2 ms after the host."""
         if not self.marks:
             return {}
         self.end.synchronize()
-        gpu = [self.start_host + self.start.elapsed_time(event) / 1000 for _, event in self.marks]
-        host = [t for t, _ in self.marks]
-        lag = [1000 * (g - h) for g, h in zip(gpu, host)]
-
-        def median_gap(times):
-            gaps = [b - a for a, b in zip(times, times[1:])]
-            return round(1000 * statistics.median(gaps), 2) if gaps else None
-        return {"evaluations": len(self.marks), "gpu_ms": median_gap(gpu), "host_ms": median_gap(host),
-                "lag_ms": round(statistics.median(lag), 1), "min_lag_ms": round(min(lag[1:] or lag), 1),
-                "caught_up": sum(x < 2 for x in lag[1:])}
+        ms = self.start.elapsed_time
+        lag = [ms(start) - 1000 * (host - self.start_host) for host, start, _ in self.marks]
+        spans = [(ms(start), ms(end)) for _, start, end in self.marks]
+        evals = [e - s for s, e in spans]
+        between = [spans[0][0]] + [s - e for (_, e), (s, _) in zip(spans, spans[1:])]
+        return {"evaluations": len(spans), "eval_median_ms": round(statistics.median(evals), 2),
+                "eval_sum_ms": round(sum(evals), 1), "between_sum_ms": round(sum(between), 1),
+                "after_ms": round(ms(self.end) - spans[-1][1], 1), "lag_median_ms": round(statistics.median(lag), 1),
+                "caught_up": sum(x < 2 for x in lag[1:]), "eval_ms": [round(x, 2) for x in evals],
+                "between_ms": [round(x, 2) for x in between], "lag_ms": [round(x, 1) for x in lag]}
 
 
 class StageTimer:
