@@ -297,13 +297,13 @@ class EvalClock:
         self.saved = None
 
     def __enter__(self):
+        if DEVICE.type != "cuda":   # no events to record: nothing wrapped, an empty summary
+            return self
         base = comfy.model_base.BaseModel
         self.saved = real = base.apply_model
         marks = self.marks
 
         def apply_model(model, *args, **kwargs):
-            if DEVICE.type != "cuda":
-                return real(model, *args, **kwargs)
             host, start = time.perf_counter(), torch.cuda.Event(enable_timing=True)
             start.record()
             result = real(model, *args, **kwargs)
@@ -312,17 +312,16 @@ class EvalClock:
             marks.append((host, start, end))
             return result
 
-        if DEVICE.type == "cuda":
-            sync()
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.start.record()
-            self.start_host = time.perf_counter()
+        sync()
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.start.record()
+        self.start_host = time.perf_counter()
         base.apply_model = apply_model
         return self
 
     def __exit__(self, *exc):
-        comfy.model_base.BaseModel.apply_model = self.saved
-        if DEVICE.type == "cuda":
+        if self.saved is not None:
+            comfy.model_base.BaseModel.apply_model = self.saved
             self.end = torch.cuda.Event(enable_timing=True)
             self.end.record()
 
