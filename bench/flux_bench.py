@@ -389,10 +389,11 @@ class StageTimer:
 
 
 class StepKClock:
-    """Each extraction's time from the end of step k-1 to its masks, measured inside the run: from the
-    x0 image's start, after the GPU has finished steps 0..k-1 (which the k steps alone run as well), to
-    the end of the voting. It holds everything the default path adds at step k: the x0 image, the
-    step-k evaluation to block b beside SLIC, the rest of the sampler call, the voting."""
+    """Each extraction's time from the end of step k-1 to its masks, measured inside the run without
+    waiting for the GPU first: from the GPU's end of steps 0..k-1 (a CUDA event queued where the x0 image
+    starts; off CUDA the host's clock after a sync) to the end of the voting. It holds everything the
+    default path adds at step k: the x0 image, the step-k evaluation to block b beside SLIC, the rest of
+    the sampler call, the voting."""
 
     def __init__(self):
         self.seconds: list[float] = []
@@ -404,14 +405,12 @@ class StepKClock:
         start = {}
 
         def x0_image(*args, **kwargs):
-            sync()
-            start["t"] = time.perf_counter()
+            start["mark"] = mark()
             return self.saved["_x0_image"](*args, **kwargs)
 
         def vote(*args, **kwargs):
             result = self.saved["_vote"](*args, **kwargs)
-            sync()
-            self.seconds.append(time.perf_counter() - start.pop("t"))
+            self.seconds.append(since(start.pop("mark")))
             return result
 
         sampling._x0_image, sampling._vote = x0_image, vote
@@ -420,6 +419,27 @@ class StepKClock:
     def __exit__(self, *exc):
         for name, real in self.saved.items():
             setattr(glue.sampling, name, real)
+
+
+def mark():
+    """A point in time: a CUDA event queued on the current stream (the GPU reaches it when it has done
+    what is queued before it), off CUDA the host's clock after a sync."""
+    if DEVICE.type != "cuda":
+        sync()
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def since(start) -> float:
+    """Seconds from `mark()`'s `start` to now (on CUDA: to an event queued now, after waiting for it)."""
+    if DEVICE.type != "cuda":
+        sync()
+        return time.perf_counter() - start
+    end = mark()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000
 
 
 @contextlib.contextmanager
@@ -824,7 +844,6 @@ def extraction_part(bench: Bench):
          + "; step k to the masks, in the run (ms): " + ", ".join(f"{1000 * p['step_k_to_masks']:.0f}" for p in pairs))
     timer = StageTimer(bench.vae)
     timer.STAGES.update({"voting, whole (_vote)": (glue.sampling, "_vote"),
-                         "VAE.decode (inside x0 to image)": (bench.vae, "decode"),
                          "free_memory": (mm, "free_memory"),
                          "soft_empty_cache": (mm, "soft_empty_cache"),
                          "sampler calls (run_sampler)": (glue.sampling, "run_sampler"),

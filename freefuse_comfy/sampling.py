@@ -11,8 +11,9 @@ once), evaluates step `k` from the sampler's latent, stopped inside double block
 read: the blocks after `b` never run. Block `b`'s replacement passes through (to the replacement it took
 the place of, if any) until it is armed for that evaluation, and checks that its sigma is `sigmas[k]` of
 the schedule. `x0` for the superpixels is the prediction of step `k-1`, the last complete evaluation (the
-sampler's step callback hands it over); it is decoded before step `k` runs, so SLIC works on the CPU in
-a worker thread while the GPU evaluates step `k`.
+sampler's step callback hands it over); its decode is queued on the GPU before step `k`, so SLIC works on
+the CPU in a worker thread while the GPU evaluates step `k`, and the host never waits for the GPU before
+step `k` is queued.
 
 Stage 2 either samples again from step 0 with the same seed and schedule ("restart", default) or
 goes on from the step-`k` latent ("continue"). Masks reach the layers through a diffusion-model
@@ -37,7 +38,7 @@ from ..freefuse_core import (
     subject_maps,
     vote_owner,
 )
-from .host import WrappersMP, comfy_sample, comfy_samplers, latent_preview
+from .host import WrappersMP, comfy_model_management, comfy_sample, comfy_samplers, latent_preview
 from .injection import CallMasks, CallScope, loras_of
 from .loras import FreeFuseLora, require_flux
 from .prompt import prompt_of
@@ -176,6 +177,8 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
             sigma: float, image_source: str, superpixel_px: int = SUPERPIXEL_PX) -> FreeFuseMasks:
     """Stage 1: steps 0..k-1, then attention at double block `block` of step `step`, then masks."""
     validate_settings(setup.model, setup.steps, step, block, setup.denoise)
+    if image_source == "vae":
+        require_image_vae(vae, setup.model)
     subjects = subject_loras(setup.model)
     prompt = prompt_of(setup.positive, EXTRACT_NODE)
     try:
@@ -218,7 +221,12 @@ def capture_model(setup: SamplingSetup, block: int, loras_before: bool, token_se
 
 class _StepK:
     """The sampler-sample wrapper of stage 1: the sampler's steps `0..k-1`, then x0 of step `k-1` to an
-    image, SLIC on it in a worker thread, and meanwhile step `k`'s evaluation up to block `b`."""
+    image, SLIC on it in a worker thread, and meanwhile step `k`'s evaluation up to block `b`.
+
+    Nothing here waits for the GPU before step `k` is queued: the image is decoded on the device and copied
+    to pinned host memory behind steps `0..k-1`, and the worker thread waits for that copy alone. So the
+    host queues step `k` while the GPU still runs the steps before it, and SLIC starts once the image is
+    there, not after the host has caught up with the GPU."""
 
     def __init__(self, capture: _Capture, vae, image_source: str, superpixel_px: int, sigma: float,
                  size: tuple[int, int], step: int, block: int):
@@ -233,13 +241,34 @@ class _StepK:
         x = guider.inner_model.model_sampling.noise_scaling(sigmas[-1], torch.zeros_like(samples), samples)
         denoiser = comfy_samplers.KSamplerX0Inpaint(guider, sigmas)
         denoiser.latent_image, denoiser.noise = latent_image, noise
-        self.image = _x0_image(guider.model_patcher, self.vae, self.x0, self.image_source, self.superpixel_px)
+        image = _HostCopy(_x0_image(guider.model_patcher, self.vae, self.x0, self.image_source, self.superpixel_px))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="freefuse-slic") as pool, quick_gil_handoff():
-            segments = pool.submit(_superpixels, self.image, self.sigma, self.size)   # CPU, beside step k
+            segments = pool.submit(lambda: _superpixels(image.result(), self.sigma, self.size))   # CPU, beside step k
             self.maps = _capture_maps(denoiser, self.capture, x, sigmas[-1], denoise_mask, extra_args, self.step,
                                       self.block)
             self.segments = segments.result()
+        self.image = image.result()
         return samples
+
+
+class _HostCopy:
+    """A copy of a device tensor into host memory, started now and waited for in `result()` (pinned memory
+    and an event on CUDA, so that only the thread that needs the copy waits, and only for it)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.done = None
+        if tensor.is_cuda:
+            self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.host.copy_(tensor, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record()
+        else:
+            self.host = tensor.cpu()
+
+    def result(self) -> torch.Tensor:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host
 
 
 def _capture_maps(denoiser, capture: _Capture, x: torch.Tensor, sigma: torch.Tensor, denoise_mask,
@@ -265,7 +294,8 @@ def _superpixels(image: torch.Tensor, sigma: float, size: tuple[int, int]) -> li
 
 
 def _x0_image(model, vae, x0: torch.Tensor, image_source: str, superpixel_px: int) -> torch.Tensor:
-    """The step's predicted x0 as an RGB image whose long side is at most `superpixel_px`.
+    """The step's predicted x0 as an RGB image `[B, h, w, 3]` in [0, 1] whose long side is at most
+    `superpixel_px`, left on x0's device (the caller copies it to the host without waiting for the GPU).
 
     The latent is area-downsampled before decoding, so the VAE decodes only the pixels that SLIC
     will see; 'latent rgb' is Flux's linear latent-to-RGB preview instead of a VAE decode.
@@ -275,12 +305,36 @@ def _x0_image(model, vae, x0: torch.Tensor, image_source: str, superpixel_px: in
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     small = torch.nn.functional.interpolate(x0.float(), size=size, mode="area") if scale < 1 else x0.float()
     if image_source == "vae":
-        return vae.decode(model.model.process_latent_out(small.cpu()))[..., :3].float().cpu().clamp(0, 1)
+        return _decode_on_device(vae, model.model.process_latent_out(small))[..., :3].float().clamp(0, 1)
     fmt = model.model.latent_format
-    rgb = torch.einsum("bchw,cr->bhwr", small.cpu(), torch.tensor(fmt.latent_rgb_factors))
-    rgb = rgb + torch.tensor(fmt.latent_rgb_factors_bias or [0.0, 0.0, 0.0])
+    factors = torch.tensor(fmt.latent_rgb_factors, device=small.device)
+    rgb = torch.einsum("bchw,cr->bhwr", small, factors)
+    rgb = rgb + torch.tensor(fmt.latent_rgb_factors_bias or [0.0, 0.0, 0.0], device=small.device)
     rgb = ((rgb + 1) / 2).clamp(0, 1).movedim(-1, 1)
     return torch.nn.functional.interpolate(rgb, scale_factor=8, mode="bilinear").movedim(1, -1)
+
+
+def _decode_on_device(vae, latent: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(latent)` `[B, H, W, C]`, computed as ComfyUI's `VAE.decode` does (the VAE loaded by the
+    model manager, its network in the VAE's dtype, the output in ComfyUI's intermediate dtype, then
+    `process_output`) but left on the VAE's device: `VAE.decode` copies its output to the CPU, which waits
+    for everything the GPU has queued. The latent is a small copy, far below what would need tiling."""
+    with comfy_model_management.cuda_device_context(vae.device):
+        comfy_model_management.load_models_gpu([vae.patcher],
+                                               memory_required=vae.memory_used_decode(latent.shape, vae.vae_dtype),
+                                               force_full_load=vae.disable_offload)
+        out = vae.first_stage_model.decode(latent.to(device=vae.device, dtype=vae.vae_dtype))
+        return vae.process_output(out.to(dtype=vae.vae_output_dtype())).movedim(1, -1)
+
+
+def require_image_vae(vae, model) -> None:
+    """The VAE that decodes x0 must take this model's latents: 2-D, with its channel count."""
+    channels = model.model.latent_format.latent_channels
+    if getattr(vae, "latent_dim", None) != 2 or getattr(vae, "latent_channels", None) != channels:
+        raise ValueError(f"{EXTRACT_NODE}: input 'vae' decodes {getattr(vae, 'latent_channels', '?')}-channel "
+                         f"latents of {getattr(vae, 'latent_dim', '?')} dimensions, but this model's latents are "
+                         f"2-D with {channels} channels. Connect the FLUX VAE (ae.safetensors), or set x0_image "
+                         "to 'latent rgb'.")
 
 
 def _grid(latent: dict) -> tuple[int, int]:

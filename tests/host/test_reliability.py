@@ -132,6 +132,32 @@ def test_step_and_block_out_of_range(world, loras, settings, match):
         world.extract(world.loras((a, "Alice"), (b, "Bob")), **settings)
 
 
+def test_vae_for_other_latents_is_refused_before_sampling_with_the_fix(world, loras, pack, monkeypatch):
+    import comfy.sd
+
+    standin, sampling = module(pack, "freefuse_comfy.standin"), module(pack, "freefuse_comfy.sampling")
+    four_channel = comfy.sd.VAE(sd=standin._fill(standin.taesd.TAESD(latent_channels=4), 0, scale=0.1))
+    sampled = []
+    monkeypatch.setattr(sampling, "run_sampler", lambda *args, **kwargs: sampled.append(1))
+    a, b = loras
+    with pytest.raises(ValueError, match=f"{EXTRACT}.*'vae' decodes 4-channel.*16 channels.*FLUX VAE"):
+        world.extract(world.loras((a, "Alice"), (b, "Bob")), vae=four_channel)
+    assert sampled == []
+
+
+def test_x0_image_on_the_device_equals_comfyui_vae_decode(world, pack):
+    """The x0 image is decoded as VAE.decode does, left on the device for a copy that does not wait."""
+    sampling = module(pack, "freefuse_comfy.sampling")
+    x0 = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        image = sampling._x0_image(world.model, world.vae, x0, "vae", 256)
+        stock = world.vae.decode(world.model.model.process_latent_out(x0.clone()))[..., :3].clamp(0, 1)
+        half = sampling._x0_image(world.model, world.vae, x0, "vae", 32)
+    assert image.shape == (1, 64, 64, 3) and image.std() > 0.01
+    assert torch.equal(image, stock.float())
+    assert half.shape == (1, 32, 32, 3)
+
+
 def test_same_lora_twice_and_one_subject_and_odd_sizes(world, loras):
     a, _ = loras
     masks = world.extract(world.loras((a, "Alice"), (a, "Bob")), latent=empty_latent(72, 40))
