@@ -7,15 +7,16 @@
 # time at 1024 px, cProfile at 128 px: host- or GPU-bound?), `extraction` (where a warm extraction's time
 # goes: 9 pairs of it and its first k steps, its stages, SLIC and voting alone;
 # `vote_bench.py`, `slic_bench.py`), `staging` (4 subjects: 8 masked steps with the terms prefetched and
-# resident, GPU kernel time, the pinned copy rate). Results go to OUT_DIR; copy them to docs/bench/, then
+# resident, GPU kernel time, the pinned copy rate), `sizes` (b and c at 512 and 2048 px, b, c, d at rank 16
+# and 64). Results go to OUT_DIR; copy them to docs/bench/, then
 # run `python3 bench/report.py`.
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
-#       [host] [extraction] [staging]
+#       [host] [extraction] [staging] [sizes]
 # Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
 # set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's;
 # `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
 set -uo pipefail
-out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging]}
+out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging] [sizes]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
@@ -56,10 +57,13 @@ for part in $parts; do
                   --extraction-repeats 9 > "$out/extraction_stdout.txt" 2> >(log extraction_log.txt)
                 { python3 bench/vote_bench.py; python3 bench/slic_bench.py; } > "$out/extraction_cpu.txt" 2>&1
                 grep "pairs\|alone" "$out/extraction_log.txt"; cat "$out/extraction_cpu.txt" ;;
+    sizes) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part sizes \
+             > "$out/sizes_stdout.txt" 2> >(log sizes_log.txt)
+           cat "$out/sizes_stdout.txt" ;;
     staging) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part staging --subjects 4 \
                > "$out/staging_stdout.txt" 2> >(log staging_log.txt)
              grep "staging" "$out/staging_log.txt" ;;
-    *) echo "unknown part '$part': use layers, main, subjects, profile, pairs, host, extraction or staging" >&2
+    *) echo "unknown part '$part': use layers, main, subjects, profile, pairs, host, extraction, staging or sizes" >&2
        exit 2 ;;
   esac
 done
