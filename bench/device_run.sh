@@ -13,7 +13,7 @@
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
 #       [host] [extraction] [staging] [sizes]
 # Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
-# set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's;
+# set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's, SIZES (512,2048) and RANKS (16,64) the sizes part's;
 # `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
 set -uo pipefail
 out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging] [sizes]}
@@ -58,6 +58,7 @@ for part in $parts; do
                 { python3 bench/vote_bench.py; python3 bench/slic_bench.py; } > "$out/extraction_cpu.txt" 2>&1
                 grep "pairs\|alone" "$out/extraction_log.txt"; cat "$out/extraction_cpu.txt" ;;
     sizes) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part sizes \
+             --sizes "${SIZES:-512,2048}" --ranks "${RANKS-16,64}" \
              > "$out/sizes_stdout.txt" 2> >(log sizes_log.txt)
            cat "$out/sizes_stdout.txt" ;;
     staging) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part staging --subjects 4 \

@@ -52,6 +52,8 @@ def parse_args():
     p.add_argument("--rows", default="abcdepu", help="which rows of the main and subjects parts to run (p: c' with "
                    "the terms resident, u: c-unfused and d-unfused, B: b again after the FreeFuse rows)")
     p.add_argument("--subjects", default="2,3,4", help="subject counts of the subjects part")
+    p.add_argument("--sizes", default="512,2048", help="image sizes (px) of the sizes part")
+    p.add_argument("--ranks", default="16,64", help="LoRA ranks of the sizes part ('' for none)")
     return p.parse_args()
 
 
@@ -637,16 +639,16 @@ def subjects_part(bench: Bench):
 
 
 def sizes_part(bench: Bench):
-    """b and c at 512-2048 px, then b, c, d at rank 16 and 64 (2 subjects, --size)."""
+    """b and c at each of --sizes px, then b, c, d at each of --ranks (2 subjects, --size)."""
     out = {"sizes": {}, "ranks": {}}
     names = bench.loras(ARGS.rank, 2)
     ours = bench.freefuse_model(names)
     merged = bench.merged(names)
-    for size in (512, 2048):
+    for size in (int(n) for n in ARGS.sizes.split(",") if n):
         setup = bench.setup(ours, 2, size, ARGS.steps)
         out["sizes"][size] = {"b": measure(lambda: bench.stock(merged, setup), 1, f"b {size}px"),
                               "c": measure(lambda: bench.freefuse(setup, "continue"), 1, f"c {size}px")}
-    for rank in (16, 64):
+    for rank in (int(n) for n in ARGS.ranks.split(",") if n):
         names = bench.loras(rank, 2)
         setup = bench.setup(bench.freefuse_model(names), 2, ARGS.size, ARGS.steps)
         merged = bench.merged(names)
