@@ -136,7 +136,7 @@ def row_windows(log: str) -> dict[str, tuple[float, float]]:
     text = (RESULTS / log).read_text()
     zero = float(re.search(r"the clock's 0 is ([\d.]+) s since the epoch", text).group(1))
     windows = {}
-    for at, name, runs in re.findall(r"^\[\s*([\d.]+) s\] ([^:]+): ((?:[\d.]+ s, )*[\d.]+ s); gen-2", text, re.M):
+    for at, name, runs in re.findall(r"^\[\s*([\d.]+) s\] ([^:\n]+): ((?:[\d.]+ s, )*[\d.]+ s); gen-2", text, re.M):
         end = zero + float(at)
         windows[name] = (end - sum(float(r.split()[0]) for r in runs.split(", ")), end)
     return windows
@@ -229,19 +229,23 @@ def sizes_lines() -> list[str]:
     for size, found in old["sizes"].items():
         lines.append(f"| {size} px | before prefetching, H100 (`sizes.json`) | {found['b'][0]:.2f} | "
                      f"{found['c'][0]:.2f} | {found['c'][0] / found['b'][0]:.3f} | |")
-    three = three_subjects()
-    lines.append(f"| 3 subjects | before prefetching, H100 (`subjects_log.txt`) | {three['b']:.2f} | "
-                 f"{three['c']:.2f} | {three['c'] / three['b']:.3f} | |")
+    done, _ = subjects_log()
+    lines.append(f"| 3 subjects | before prefetching, H100 (`subjects_log.txt`) | {done['b 3']:.2f} | "
+                 f"{done['c 3']:.2f} | {done['c 3'] / done['b 3']:.3f} | |")
     for rank, found in old["ranks"].items():
         lines.append(f"| rank {rank} | before prefetching, H100 (`sizes.json`) | {found['b'][0]:.2f} | "
                      f"{found['c'][0]:.2f} | {found['c'][0] / found['b'][0]:.3f} | |")
     return lines
 
 
-def three_subjects() -> dict[str, float]:
-    """Seconds of the one timed run of b, c and d with 3 subjects, from the H100 subjects part's log."""
+def subjects_log() -> tuple[dict[str, float], list[str]]:
+    """The H100 subjects part's log: seconds of each row's one timed run ("c 3", "e 2 at 512 px"), and the rows
+    that began their warm-up but never finished (the call's time ran out)."""
     text = (RESULTS / "subjects_log.txt").read_text()
-    return {row: float(seconds) for row, seconds in re.findall(r"^\[\s*[\d.]+ s\] ([bcd]) 3: ([\d.]+) s$", text, re.M)}
+    found = re.findall(r"^\[\s*[\d.]+ s\] ([^:\n]+): ([\d.]+) s$", text, re.M)
+    done = {name: float(seconds) for name, seconds in found}
+    begun = re.findall(r"^\[\s*[\d.]+ s\] ([^:\n]+): warm-up$", text, re.M)
+    return done, [name for name in begun if name not in done]
 
 
 def settings_table() -> list[str]:
@@ -325,6 +329,7 @@ def main() -> None:
     four = [load(n)["4"]["c"][0] / load(n)["4"]["b"][0] for n, *_ in SUBJECTS]
     big = load("sizes_2048.json")["sizes"]["2048"]
     h100 = load("main_h100.json")
+    hooks, unfinished = subjects_log()
     first = head["first_run_after_lora_change"]
     stages = head["extraction_breakdown_seconds"]
     plot(RESULTS / "ratios.png")
@@ -385,7 +390,10 @@ def main() -> None:
         "`tests/core` at a 64 x 64 token grid).",
         f"- Row e (ComfyUI core hooks with the same LoRAs confined to the same masks): "
         f"{ratio(h100, 'e'):.1f} x b on an H100 in an earlier session (`main_h100.json`), next to c "
-        f"{ratio(h100, 'c'):.2f} and d {ratio(h100, 'd'):.2f} of that run's older code; not run on the H200.",
+        f"{ratio(h100, 'c'):.2f} and d {ratio(h100, 'd'):.2f} of that run's older code; at 512 px with 2 subjects "
+        f"e took {hooks['e 2 at 512 px']:.1f} s against {hooks['d 2 at 512 px']:.2f} s for FreeFuse restart, and "
+        f"{', '.join(unfinished)} did not finish inside the 10-minute call (`subjects_log.txt`). Not run on the "
+        "H200.",
         "",
         "Every call of the current stage 1:",
         "",
