@@ -13,7 +13,8 @@
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
 #       [host] [extraction] [staging] [sizes]
 # Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
-# set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's, SIZES (512,2048) and RANKS (16,64) the sizes part's;
+# set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's, SIZES
+# (512,2048) and RANKS (16,64) the sizes part's;
 # `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
 set -uo pipefail
 out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging] [sizes]}
