@@ -223,6 +223,31 @@ def test_superpixels_run_in_a_worker_thread_beside_step_k(world, two_loras, monk
     assert torch.equal(masks.token_masks.sum(-1), torch.ones(1, 16))
 
 
+def test_the_main_thread_queues_step_k_before_it_waits_for_the_x0_image(world, two_loras, monkeypatch, pack):
+    """The x0 image is copied to the host behind steps 0..k-1; only the SLIC thread waits for it before step k."""
+    sampling = module(pack, "freefuse_comfy.sampling")
+    events = []
+    real_result, real_capture = sampling._HostCopy.result, sampling._capture_maps
+
+    def result(self):
+        events.append(("image awaited", threading.current_thread() is threading.main_thread()))
+        return real_result(self)
+
+    def capture(*args, **kwargs):
+        maps = real_capture(*args, **kwargs)
+        events.append(("step k queued", True))
+        return maps
+
+    monkeypatch.setattr(sampling._HostCopy, "result", result)
+    monkeypatch.setattr(sampling, "_capture_maps", capture)
+    a, b = two_loras
+    masks = world.extract(world.loras((a, "Alice"), (b, "Bob")))
+    on_main = [name for name, main in events if main]
+    assert on_main[0] == "step k queued" and "image awaited" in on_main
+    assert ("image awaited", False) in events    # the SLIC thread's
+    assert masks.image.device.type == "cpu" and masks.image.shape[-1] == 3
+
+
 def test_stage_one_is_one_sampler_call_that_evaluates_step_k_from_its_own_latent(world, two_loras, monkeypatch, pack):
     """Steps 0..k-1 and step k's capture share one sampler call. Its latent is KSamplerAdvanced's to step k
     with the leftover noise, and the capture evaluates that state at sigma_k."""
