@@ -675,13 +675,15 @@ def profile_part(bench: Bench):
                                             setup.positive, setup.latent)
         with context():
             profiled = profile_run(run)
-        out[name] = {"wall_s": profiled[0], "gpu_busy_s": profiled[1]}
-        print(f"== {name}: wall {profiled[0]:.3f} s (profiled), GPU kernel time {profiled[1]:.3f} s\n{profiled[2]}")
+        out[name] = {"wall_s": profiled[0], "gpu_busy_s": profiled[1], "kernels_per_step": profiled[3] / 8}
+        print(f"== {name}: wall {profiled[0]:.3f} s (profiled), GPU kernel time {profiled[1]:.3f} s, "
+              f"{profiled[3] / 8:.0f} kernels a step\n{profiled[2]}")
     return out
 
 
 def profile_run(run):
-    """`(wall seconds, GPU kernel seconds, table)` of `run()` under torch.profiler, after one run unprofiled."""
+    """`(wall seconds, GPU kernel seconds, table, GPU kernels launched)` of `run()` under torch.profiler, after
+    one run unprofiled."""
     from torch.profiler import ProfilerActivity, profile
     run()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
@@ -694,7 +696,7 @@ def profile_run(run):
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if DEVICE.type == "cuda"
                                       else "self_cpu_time_total", row_limit=30, max_name_column_width=64)
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]   # not the ops too
-    return wall, sum(e.self_device_time_total for e in kernels) / 1e6, table
+    return wall, sum(e.self_device_time_total for e in kernels) / 1e6, table, sum(e.count for e in kernels)
 
 
 def pairs_part(bench: Bench):
@@ -730,7 +732,9 @@ def host_part(bench: Bench):
     """Is the masked sampler bound by the GPU or by the host's Python? 8 steps of b (merged), c's masked
     model and, where the default fuses, c-unfused's, at --size and at 128 px (64 image tokens: the GPU's
     work is about the weights' read, so a step's wall time is about its host time); at --size also the GPU
-    kernel time under torch.profiler (its kernel table in host_kernels_*.txt); cProfile of the masked
+    kernel time and the kernels launched a step under torch.profiler (its kernel table in host_kernels_*.txt:
+    a run that launches more kernels a millisecond holds less GPU time in CUDA's launch queue, so a pause of
+    the host starves the GPU sooner); cProfile of the masked
     models' 8 steps at 128 px (host_calls_*.txt)."""
     import io
     names = bench.loras(ARGS.rank, 2)
@@ -753,8 +757,9 @@ def host_part(bench: Bench):
             walls = [timed(run)[0] for _ in range(3)]
             row = out.setdefault(name, {})[size] = {"step_ms": 1000 * statistics.median(walls) / 8}
             if size == ARGS.size:
-                wall, busy, table = profile_run(run)
-                row.update(profiled_step_ms=1000 * wall / 8, gpu_kernel_step_ms=1000 * busy / 8)
+                wall, busy, table, kernels = profile_run(run)
+                row.update(profiled_step_ms=1000 * wall / 8, gpu_kernel_step_ms=1000 * busy / 8,
+                           kernels_per_step=kernels / 8)
                 (Path(ARGS.out) / f"host_kernels_{name}.txt").write_text(table)
             if size == 128 and name != "b":
                 text = io.StringIO()
