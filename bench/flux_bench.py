@@ -732,9 +732,9 @@ def host_part(bench: Bench):
     """Is the masked sampler bound by the GPU or by the host's Python? 8 steps of b (merged), c's masked
     model and, where the default fuses, c-unfused's, at --size and at 128 px (64 image tokens: the GPU's
     work is about the weights' read, so a step's wall time is about its host time); at --size also the GPU
-    kernel time and the kernels launched a step under torch.profiler (its kernel table in host_kernels_*.txt:
-    a run that launches more kernels a millisecond holds less GPU time in CUDA's launch queue, so a pause of
-    the host starves the GPU sooner); cProfile of the masked
+    kernel time and the kernels launched a step under torch.profiler (its kernel table in host_kernels_*.txt;
+    the count asks whether the masked rows' shorter lag is a launch queue of the same length holding more,
+    smaller kernels); cProfile of the masked
     models' 8 steps at 128 px (host_calls_*.txt)."""
     import io
     names = bench.loras(ARGS.rank, 2)
