@@ -132,7 +132,7 @@ def test_step_and_block_out_of_range(world, loras, settings, match):
         world.extract(world.loras((a, "Alice"), (b, "Bob")), **settings)
 
 
-def test_vae_for_other_latents_is_refused_before_sampling_with_the_fix(world, loras, pack, monkeypatch):
+def test_vae_of_other_latents_or_without_weights_is_refused_before_sampling(world, loras, pack, monkeypatch):
     import comfy.sd
 
     standin, sampling = module(pack, "freefuse_comfy.standin"), module(pack, "freefuse_comfy.sampling")
@@ -142,6 +142,9 @@ def test_vae_for_other_latents_is_refused_before_sampling_with_the_fix(world, lo
     a, b = loras
     with pytest.raises(ValueError, match=f"{EXTRACT}.*'vae' decodes 4-channel.*16 channels.*FLUX VAE"):
         world.extract(world.loras((a, "Alice"), (b, "Bob")), vae=four_channel)
+    empty = comfy.sd.VAE(sd={"not_a_vae": torch.zeros(1)})   # ComfyUI leaves such a VAE without a network
+    with pytest.raises(ValueError, match=f"{EXTRACT}.*'vae' holds no VAE weights.*FLUX VAE"):
+        world.extract(world.loras((a, "Alice"), (b, "Bob")), vae=empty)
     assert sampled == []
 
 
