@@ -431,6 +431,8 @@ def main() -> None:
         "",
         "## Sizes and ranks",
         "",
+        "One timed run each after a warm-up; 1536 px has not been run.",
+        "",
         *sizes_lines(),
         "",
         "## Memory and the first run after a LoRA change",

@@ -17,8 +17,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from freefuse_core import (owner_to_pixel_masks, owner_to_token_masks, resize_owner,  # noqa: E402
-                           slic_segments, vote_owner)
+from freefuse_core import (  # noqa: E402
+    owner_to_pixel_masks,
+    owner_to_token_masks,
+    resize_owner,
+    slic_segments,
+    vote_owner,
+)
 
 
 def main() -> None:

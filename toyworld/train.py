@@ -331,8 +331,9 @@ def main():
     (ARGS.out / "loras").mkdir(exist_ok=True)
     if ARGS.base_from:   # the base run's own record
         trained = json.loads((ARGS.base_from / "training.json").read_text())
-        base = {k: trained[k] for k in ("base_steps", "batch", "base_seconds", "base_loss_last_100", "schedule_steps", "localise",
-                                        "localisation_last_100", "amp") if k in trained}
+        kept = ("base_steps", "batch", "base_seconds", "base_loss_last_100", "schedule_steps", "localise",
+                "localisation_last_100", "amp")
+        base = {k: trained[k] for k in kept if k in trained}
     else:
         losses, localisation = train_base(model, captions, roster, ARGS.base_steps, generator, device)
         base = {"base_steps": len(losses), "batch": ARGS.batch, "base_seconds": time.perf_counter() - start,
