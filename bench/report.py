@@ -189,6 +189,30 @@ def subjects_table() -> list[str]:
     return lines
 
 
+def subjects_clock_table() -> list[str]:
+    """The evaluation clock of the 4-subject calls that kept it: per row, the median over its runs of the
+    median GPU time of the last 28 evaluations and of the median lag."""
+    lines = ["| file | b eval ms | b lag ms | c masked eval ms | c lag ms | c resident masked eval ms | "
+             "c resident lag ms |", "|---|---|---|---|---|---|---|"]
+    agree = []
+    for name, *_ in SUBJECTS:
+        four = load(name)["4"]
+        each = {row_name: [c for c in found[4] if "eval_ms" in c] if len(found) > 4 else []
+                for row_name, found in four.items()}
+        if not all(each[r] for r in ("b", "c", "c resident")):
+            continue
+        cells = [f"{statistics.median(masked_eval_ms(c) for c in each[r]):.1f} | "
+                 f"{statistics.median(c['lag_median_ms'] for c in each[r]):.0f}" for r in ("b", "c", "c resident")]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        evals = {r: statistics.median(masked_eval_ms(c) for c in each[r]) for r in ("c", "c resident")}
+        lags = {r: statistics.median(c["lag_median_ms"] for c in each[r]) for r in ("c", "c resident")}
+        slower, lower = max(evals, key=evals.get), min(lags, key=lags.get)
+        agree.append(slower == lower)
+    lines += ["", f"In {sum(agree)} of these {len(agree)} calls the slower of c and c resident was the one with the "
+              "lower lag, whichever kept the terms resident."]
+    return lines
+
+
 def clock_section() -> list[str]:
     names = [name for name, *_ in CALLS if clocks(row(load(name), "b"))]
     lines = ["| file | b eval ms | b lag ms | c masked eval ms | c lag ms | d masked eval ms | d lag ms | B eval ms "
@@ -428,6 +452,10 @@ def main() -> None:
         "on the GPU instead of prefetched; medians of 3 runs, 1 in the first):",
         "",
         *subjects_table(),
+        "",
+        "Their evaluation clock, where the call kept it:",
+        "",
+        *subjects_clock_table(),
         "",
         "## Sizes and ranks",
         "",
