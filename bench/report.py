@@ -167,12 +167,13 @@ def rows_table(run: dict) -> list[str]:
 
 
 def calls_table() -> list[str]:
-    lines = ["| file | session | code | b s | c / b | d / b | B / b | extraction, pairs / b | in the run / b "
-             "| peak c - b GiB | SLIC ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, session, code, _ in CALLS:
+    lines = ["| file | session | code | command | b s | c / b | d / b | B / b | extraction, pairs / b "
+             "| in the run / b | peak c - b GiB | SLIC ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, session, code, command in CALLS:
         run = load(name)
-        lines.append(f"| `{name}` | {session} | {code} | {row(run, 'b')['seconds']:.3f} | {fmt(ratio(run, 'c'))} | "
+        lines.append(f"| `{name}` | {session} | {code} | `{command}` | {row(run, 'b')['seconds']:.3f} | "
+                     f"{fmt(ratio(run, 'c'))} | "
                      f"{fmt(ratio(run, 'd'))} | {fmt(ratio(run, 'B'))} | {extraction_pairs(run):.4f} | "
                      f"{fmt(extraction_in_run(run), 4)} | {peak_c(run):.2f} | {superpixel_ms(run):.0f} |")
     return lines
@@ -378,7 +379,8 @@ def main() -> None:
         "",
         "Commands: on the device, `COMFYUI_PATH=<ComfyUI 0.33> " + CALLS[-1][3] + "` (then "
         "`SUBJECT_REPEATS=3 bash bench/device_run.sh OUT subjects` and `SIZES=2048 RANKS= bash bench/device_run.sh "
-        "OUT sizes`); copy OUT's files to `docs/bench/`; here, `python3 bench/report.py`. `flux_bench.py` ends by "
+        "OUT sizes`); copy OUT's files to `docs/bench/` under the names the tables below use; here, "
+        "`python3 bench/report.py`. `flux_bench.py` ends by "
         "printing the two ratio lines (`main_queued_stdout.txt`).",
         "",
         f"## The two latest main calls (`{HEADLINE}`, `{SECOND}`)",
