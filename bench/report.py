@@ -399,7 +399,7 @@ def main() -> None:
         "",
         f"- Continue, 2 subjects, 1024 px, c / b <= {TARGETS['c']}: "
         + ", ".join(fmt(v) for v in c_values) + f": {verdict(c_values, TARGETS['c'])} calls.",
-        f"- Continue, 4 subjects, c / b <= {TARGETS['c4']}: " + ", ".join(fmt(v) for v in four)
+        f"- Continue, 4 subjects, c / b <= {TARGETS['c4']:.2f}: " + ", ".join(fmt(v) for v in four)
         + f": {verdict(four, TARGETS['c4'])} calls.",
         f"- Restart (default), d / b <= 1 + k/steps + 0.06 = {TARGETS['d']:.4f}: " + ", ".join(fmt(v) for v in d_values)
         + f": {verdict(d_values, TARGETS['d'])} calls that ran row d. Issue 5 gives 2.05 for the existing FreeFuse "
