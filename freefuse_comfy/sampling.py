@@ -329,14 +329,14 @@ def _decode_on_device(vae, latent: torch.Tensor) -> torch.Tensor:
 
 def require_image_vae(vae, model) -> None:
     """The VAE that decodes x0 must hold a network and take this model's latents: 2-D, with its channel count."""
-    if getattr(vae, "first_stage_model", None) is None:
+    if vae.first_stage_model is None:
         raise ValueError(f"{EXTRACT_NODE}: input 'vae' holds no VAE weights (a checkpoint without a VAE, say). "
                          "Connect the FLUX VAE (Load VAE: ae.safetensors), or set x0_image to 'latent rgb'.")
     channels = model.model.latent_format.latent_channels
-    if getattr(vae, "latent_dim", None) != 2 or getattr(vae, "latent_channels", None) != channels:
-        raise ValueError(f"{EXTRACT_NODE}: input 'vae' decodes {getattr(vae, 'latent_channels', '?')}-channel "
-                         f"latents of {getattr(vae, 'latent_dim', '?')} dimensions, but this model's latents are "
-                         f"2-D with {channels} channels. Connect the FLUX VAE (ae.safetensors), or set x0_image "
+    if vae.latent_dim != 2 or vae.latent_channels != channels:
+        raise ValueError(f"{EXTRACT_NODE}: input 'vae' decodes {vae.latent_channels}-channel latents of "
+                         f"{vae.latent_dim} dimensions, but this model's latents are 2-D with {channels} channels. "
+                         "Connect the FLUX VAE (ae.safetensors), or set x0_image "
                          "to 'latent rgb'.")
 
 
