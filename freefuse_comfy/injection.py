@@ -265,7 +265,7 @@ def _tanh_gelu(module) -> bool:
 
 
 def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
-    held_columns = [c for hold in holds for c in hold.columns]
+    held_columns = tuple(c for hold in holds for c in hold.columns)
 
     def forward(x, *args, **kwargs):
         y = base_forward(x, *args, **kwargs)
@@ -317,10 +317,14 @@ def _qk_norm_forward(own_forward, hold: _Hold):
 
 
 def _normed(held: _Held, index: int, part: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """`norm(part)` plus the held term, its weight read as ComfyUI's RMSNorm reads it: cast (or offloaded)
+    where the module casts its weights or patches them, else the module's own."""
     if held.terms[index] is None:
         return norm(part)
-    owner = norm if norm.weight is not None else None    # as ComfyUI's RMSNorm casts (or offloads) its weight
-    with comfy_ops.CastBiasWeightContext(owner, part, offloadable=True) as (weight, _):
+    if norm.weight is None or not (getattr(norm, "comfy_cast_weights", False) or getattr(norm, "weight_function", ())
+                                   or getattr(norm, "bias_function", ())):
+        return up_rms_norm(held.checked(part, index), *held.terms[index], norm.weight, norm.eps)
+    with comfy_ops.CastBiasWeightContext(norm, part, offloadable=True) as (weight, _):
         return up_rms_norm(held.checked(part, index), *held.terms[index], weight, norm.eps)
 
 

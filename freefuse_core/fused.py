@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -92,7 +93,7 @@ def _rows_view(y: torch.Tensor):
 
 def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: int, y_stride: int) -> torch.Tensor:
     columns, rank = up.shape
-    out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
+    out = torch.empty_like(y, memory_format=torch.contiguous_format)
     h, up = _rows_contiguous(h), _rows_contiguous(up)
     block_r, (even_m, even_n) = _rank_block(rank), _kernel_module().GELU_EVEN
     launched = _launch(0, (columns, rank, y.dtype), lambda bm, bn: (_cdiv(rows, bm) * _cdiv(columns, bn),),
@@ -104,7 +105,7 @@ def _triton_up_gelu(y: torch.Tensor, h: torch.Tensor, up: torch.Tensor, rows: in
 
 def _triton_up_rms_norm(y, h, up, weight, eps):
     batch, heads, tokens, dim = y.shape
-    out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
+    out = torch.empty_like(y, memory_format=torch.contiguous_format)
     h, up = _rows_contiguous(h), _rows_contiguous(up)
     weight = torch.ones(dim, device=y.device, dtype=y.dtype) if weight is None else weight.contiguous()
     rank = up.shape[1]
@@ -118,7 +119,8 @@ def _triton_up_rms_norm(y, h, up, weight, eps):
 
 
 _TUNED: dict = {}     # (kernel, autotune key) -> the config its autotuner chose, for the launches after the first
-_COMPILED: dict = {}  # (kernel, autotune key, constants, specialization) -> [compiled kernel, its argument form]
+_COMPILED: dict = {}  # (kernel, autotune key, constants, specialization) -> [compiled kernel, its argument
+#     form, its constants in the kernel's parameter order]
 UNBUILT: dict = {}    # kernel -> why it could not be built on this machine; torch runs its op from then on
 
 
@@ -142,16 +144,16 @@ def _launch(index: int, key: tuple, grid_of, args: tuple, constants: dict) -> bo
             return False
         _TUNED[(index, key)] = tuner.best_config
         return True
-    tuner = _tuners()[index]
     grid = grid_of(config.kwargs["BM"], config.kwargs.get("BN"))
-    named = {**constants, **config.kwargs}
     spec = (index, key, tuple(constants.values()), _specialization(args))   # each caller names them in one order
     compiled = _COMPILED.get(spec)
-    if compiled is not None and compiled[0] is not None and _direct(compiled, tuner.fn, grid, args, named):
+    if compiled is not None and compiled[0] is not None and _direct(compiled, grid, args):
         return True
+    tuner = _tuners()[index]
+    named = {**constants, **config.kwargs}
     kernel = tuner.fn[grid](*args, **named, num_warps=config.num_warps, num_stages=config.num_stages)
-    if compiled is None and hasattr(kernel, "packed_metadata"):   # the interpreter returns no compiled kernel
-        _COMPILED[spec] = [kernel, None]
+    if compiled is None and hasattr(kernel, "packed_metadata") and _runtime() is not None:   # not the interpreter's
+        _COMPILED[spec] = [kernel, None, tuple(named[name] for name in tuner.fn.arg_names[len(args):])]
     return True
 
 
@@ -162,33 +164,48 @@ def _tuners() -> tuple:
 def _specialization(args: tuple) -> tuple:
     """What Triton specializes a compiled kernel on, per argument: a tensor's dtype, device and 16-byte
     alignment; an integer equal to 1, divisible by 16, or beyond 32 bits; a float's type."""
-    out = []
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            out.append((arg.dtype, arg.device, arg.data_ptr() % 16 == 0))
-        elif isinstance(arg, int):
-            out.append((arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31))
-        else:
-            out.append(type(arg))
-    return tuple(out)
+    return tuple((arg.dtype, arg.device, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor)
+                 else (arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31) if isinstance(arg, int) else type(arg)
+                 for arg in args)
 
 
-def _direct(compiled: list, fn, grid: tuple, args: tuple, named: dict) -> bool:
-    """Launches `compiled[0]` with `args` and then the constants in the kernel's parameter order (recent
-    Triton passes them all; older ones the non-constant arguments alone: the first launch finds out and
-    remembers the form). When neither form is accepted, False, and the JIT function launches from then on."""
-    kernel, form = compiled
-    values = (*args, *(named[name] for name in fn.arg_names[len(args):]))
+def _direct(compiled: list, grid: tuple, args: tuple) -> bool:
+    """Launches `compiled[0]` with `args` and then its constants (`compiled[2]`, in the kernel's parameter
+    order: recent Triton passes them all; older ones the non-constant arguments alone: the first launch finds
+    out and remembers the form in `compiled[1]`), through the compiled kernel's own launcher on the current
+    stream, as its `kernel[grid](...)` would. When neither form is accepted, False, and the JIT function
+    launches from then on."""
+    kernel, form, constants = compiled
     grid = (*grid, 1, 1)[:3]   # a compiled kernel's launcher reads all three grid sizes
+    runtime = _runtime()
+    stream = runtime.stream(args[0].device.index)
+    hooks = runtime.knobs.launch_enter_hook, runtime.knobs.launch_exit_hook   # set by Triton's profilers
     for each in ("all", "runtime") if form is None else (form,):
+        values = (*args, *constants) if each == "all" else args
         try:
-            kernel[grid](*(values if each == "all" else args))
+            meta = None if hooks[0] is None else kernel.launch_metadata(grid, stream, *values)
+            kernel.run(*grid, stream, kernel.function, kernel.packed_metadata, meta, *hooks, *values)
         except TypeError:   # raised while the launcher parses its arguments, before any launch
             continue
         compiled[1] = each
         return True
     compiled[0] = None
     return False
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    stream: object   # device index -> its current CUDA stream, as Triton's launches read it
+    knobs: object    # `triton.knobs.runtime`: the launch hooks
+
+
+@functools.cache
+def _runtime() -> _Runtime | None:
+    """What a compiled kernel's launch reads besides its arguments; None on a Triton without `knobs` (before
+    3.4), whose kernels then launch through the JIT function."""
+    triton = _kernel_module().triton
+    knobs = getattr(triton, "knobs", None)
+    return None if knobs is None else _Runtime(triton.runtime.driver.active.get_current_stream, knobs.runtime)
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,17 @@ class MaskedLowRank:
         if packed:
             slices.append(_packed_slice(packed, rank))
         self.slices = tuple(slices)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """What each call reads, worked out once: the rank layout's number (the memo's key), each slice's
+        `U` and `U^T` views and whether its columns are the layer's whole output, and the per-`held_columns` plans."""
+        self.layout = _LAYOUTS.setdefault(self.owner_key, len(_LAYOUTS))
+        whole = len(self.slices) == 1
+        self.down_t = None if self.down is None else self.down.t()
+        self.steps = tuple((s.start, s.stop, None if whole else s.ranks, s.up, s.up.t(),
+                            (s.start, s.stop) == (0, self.out_features)) for s in self.slices)
+        self.plans: dict[tuple, tuple] = {}
 
     def to(self, device, dtype) -> MaskedLowRank:
         """A copy with every tensor on `device` in `dtype` (the owner index stays int64)."""
@@ -92,6 +103,7 @@ class MaskedLowRank:
         moved.slices = tuple(_Slice(s.start, s.stop, s.ranks, floats.pop(0)) for s in self.slices)
         moved.dense = tuple(DenseTerm(t.subject, floats.pop(0), t.out_start) for t in self.dense)
         moved.owner = owner
+        moved._prepare()
         return moved
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
@@ -115,36 +127,43 @@ class MaskedLowRank:
         slice covers exactly those columns (their terms, if any, are in `y`)."""
         self._check_call(y, x, mask)
         y = y if y.is_contiguous() else y.contiguous()
-        y2 = y.view(-1, y.shape[-1])
+        y2 = y.view(-1, self.out_features)
         x2 = x.reshape(-1, x.shape[-1])
-        f = None if mask is None else mask.reshape(-1, mask.shape[-1])
-        held = dict.fromkeys(held_columns)
+        held = [None] * len(held_columns)
         if self.down is not None:
-            h = torch.mm(x2, self.down.t())
-            if f is not None:
-                h.mul_(self._rank_mask(f, h.dtype, memo))
-            whole = (0, y2.shape[1])
-            for s in self.slices:
-                part = h if len(self.slices) == 1 else h[:, s.ranks]
-                if (s.start, s.stop) in held:
-                    held[(s.start, s.stop)] = (part, s.up)
+            h = torch.mm(x2, self.down_t)
+            if mask is not None:
+                h.mul_(self._rank_mask(mask, h.dtype, memo))
+            for slot, (start, stop, ranks, up, up_t, whole) in zip(self._plan(held_columns), self.steps):
+                part = h if ranks is None else h[:, ranks]
+                if slot is not None:
+                    held[slot] = (part, up)
                 else:
-                    (y2 if (s.start, s.stop) == whole else y2[:, s.start:s.stop]).addmm_(part, s.up.t())
+                    (y2 if whole else y2[:, start:stop]).addmm_(part, up_t)
         for t in self.dense:
             delta = torch.mm(x2, t.delta.t())
-            if f is not None:
-                delta.mul_(f[:, t.subject:t.subject + 1].to(delta.dtype))
+            if mask is not None:
+                delta.mul_(mask.reshape(-1, mask.shape[-1])[:, t.subject:t.subject + 1].to(delta.dtype))
             y2[:, t.out_start:t.out_start + delta.shape[-1]].add_(delta)
-        return y, tuple(held[c] for c in held_columns)
+        return y, tuple(held)
 
-    def _rank_mask(self, f: torch.Tensor, dtype: torch.dtype, memo: dict | None) -> torch.Tensor:
-        """`[tokens, R]`: each rank row's column of the mask `f` `[tokens, S]`."""
-        key = (self.owner_key, f.device, dtype)
-        if memo is not None and key in memo:
-            return memo[key]
-        gathered = f.to(dtype).index_select(-1, self.owner)
-        if memo is not None:
-            memo[key] = gathered
+    def _plan(self, held_columns: Sequence[tuple[int, int]]) -> tuple:
+        """Per slice, the index in `held_columns` of the columns it covers exactly, else None."""
+        key = tuple(held_columns)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = tuple(key.index((s.start, s.stop)) if (s.start, s.stop) in key else None
+                                           for s in self.slices)
+        return plan
+
+    def _rank_mask(self, mask: torch.Tensor, dtype: torch.dtype, memo: dict | None) -> torch.Tensor:
+        """`[tokens, R]`: each rank row's column of the mask `[B, T, S]`, its tokens flattened."""
+        key = (self.layout, mask.device, dtype)
+        gathered = None if memo is None else memo.get(key)
+        if gathered is None:
+            gathered = mask.reshape(-1, mask.shape[-1]).to(dtype).index_select(-1, self.owner)
+            if memo is not None:
+                memo[key] = gathered
         return gathered
 
     def _check_call(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None):
@@ -159,6 +178,9 @@ class MaskedLowRank:
             raise ValueError(f"mask {tuple(mask.shape)} must be [B, T, subjects] for the input {tuple(x.shape)}")
         if mask.shape[-1] < self.subjects:
             raise ValueError(f"mask has {mask.shape[-1]} subject columns; the terms use {self.subjects}")
+
+
+_LAYOUTS: dict[tuple[int, ...], int] = {}   # rank layout (each rank row's subject) -> its number, a fast memo key
 
 
 def _validate(terms: Sequence[LowRankTerm | DenseTerm], out_features: int):

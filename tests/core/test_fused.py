@@ -161,33 +161,35 @@ def test_kernels_build_for_the_gpus_users_have_without_spilling(arch, even):
                                                                         stack, wide_loads)
 
 
-class _Launcher:
-    """A stand-in compiled kernel whose launcher takes exactly `count` arguments, as Triton's does."""
+class _Compiled:
+    """A stand-in compiled kernel whose launcher takes exactly `count` kernel arguments, as Triton's does."""
+
+    function, packed_metadata = "function", "metadata"
 
     def __init__(self, count: int):
         self.count, self.launches = count, []
 
-    def __getitem__(self, grid):
-        def runner(*args):
-            grid[0], grid[1], grid[2]   # noqa: B018 (Triton's runner reads all three, whatever the grid's length)
-            if len(args) != self.count:
-                raise TypeError(f"launch takes {self.count} arguments, got {len(args)}")
-            self.launches.append((grid, args))
-        return runner
+    def run(self, grid_x, grid_y, grid_z, stream, function, metadata, launch_metadata, enter, leave, *args):
+        if len(args) != self.count:
+            raise TypeError(f"launch takes {self.count} arguments, got {len(args)}")
+        self.launches.append(((grid_x, grid_y, grid_z), stream, function, metadata, args))
 
 
-def test_direct_launch_learns_the_launchers_argument_form_or_gives_way_to_the_jit_function():
+def test_direct_launch_learns_the_launchers_argument_form_or_gives_way_to_the_jit_function(monkeypatch):
     """Recent Triton launchers take every argument, constants after the rest in parameter order; older ones
-    the non-constant ones alone. `_direct` finds the form on the first launch and keeps it; a launcher that
-    takes neither is dropped, so the JIT function launches from then on."""
-    kernel = SimpleNamespace(arg_names=["y", "rows", "RANK", "BM"])
-    for count, form, args in ((4, "all", (1, 2, 64, 32)), (2, "runtime", (1, 2))):
-        entry = [_Launcher(count), None]
+    the non-constant ones alone. `_direct` finds the form on the first launch and keeps it, launching on the
+    current stream of the first argument's device; a launcher that takes neither is dropped, so the JIT
+    function launches from then on."""
+    hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    monkeypatch.setattr(fused, "_runtime", lambda: fused._Runtime(stream=lambda index: 100 + index, knobs=hooks))
+    y = SimpleNamespace(device=SimpleNamespace(index=1))
+    for count, form, args in ((4, "all", (y, 2, 64, 32)), (2, "runtime", (y, 2))):
+        entry = [_Compiled(count), None, (64, 32)]
         for _ in range(2):
-            assert fused._direct(entry, kernel, (3,), (1, 2), {"BM": 32, "RANK": 64})
-        assert entry[1] == form and entry[0].launches == [((3, 1, 1), args)] * 2
-    entry = [_Launcher(3), None]
-    assert not fused._direct(entry, kernel, (3,), (1, 2), {"BM": 32, "RANK": 64})
+            assert fused._direct(entry, (3,), (y, 2))
+        assert entry[1] == form and entry[0].launches == [((3, 1, 1), 101, "function", "metadata", args)] * 2
+    entry = [_Compiled(3), None, (64, 32)]
+    assert not fused._direct(entry, (3,), (y, 2))
     assert entry[0] is None
 
 
