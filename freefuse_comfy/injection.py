@@ -273,12 +273,13 @@ def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
         if call is not None and not call.loras_on:
             return y
         mask = None if call is None else getattr(call, stream)
-        memo = None if mask is None else call.memos.setdefault(stream, {})
-        fast = cast(y.device, y.dtype)
+        memo = None if mask is None else _memo(call, stream)
+        device = y.device
+        fast = cast(device, y.dtype)
         x = x if x.dtype == y.dtype else x.to(y.dtype)
         if stream == "pooled" and mask is not None:
             return fast.add_to(y.unsqueeze(1), x.unsqueeze(1), mask, memo).squeeze(1)
-        if not holds or call is None or y.device.type not in FUSED_DEVICES:
+        if not holds or call is None or device.type not in FUSED_DEVICES:
             return fast.add_to(y, x, mask, memo)
         y, terms = fast.add_to_holding(y, x, mask, memo, held_columns)
         for hold in holds:
@@ -291,6 +292,13 @@ def _masked_forward(base_forward, stream: str, cast, holds: tuple[_Hold, ...]):
         return y
 
     return forward
+
+
+def _memo(call: CallMasks, stream: str) -> dict:
+    memo = call.memos.get(stream)
+    if memo is None:
+        memo = call.memos[stream] = {}
+    return memo
 
 
 def _gelu_forward(own_forward, hold: _Hold):

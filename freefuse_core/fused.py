@@ -164,9 +164,9 @@ def _tuners() -> tuple:
 def _specialization(args: tuple) -> tuple:
     """What Triton specializes a compiled kernel on, per argument: a tensor's dtype, device and 16-byte
     alignment; an integer equal to 1, divisible by 16, or beyond 32 bits; a float's type."""
-    return tuple((arg.dtype, arg.device, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor)
-                 else (arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31) if isinstance(arg, int) else type(arg)
-                 for arg in args)
+    return tuple([(arg.dtype, arg.device, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor)
+                  else (arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31) if isinstance(arg, int) else type(arg)
+                  for arg in args])
 
 
 def _direct(compiled: list, grid: tuple, args: tuple) -> bool:
@@ -213,6 +213,7 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+@functools.cache
 def _rank_block(rank: int) -> int:
     """The rank block of the kernels' dot: the largest of 64, 32, 16 that divides the rank (no masks
     then), else the power of two above it, at most 64."""
