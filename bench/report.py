@@ -18,6 +18,7 @@ RESULTS = DOCS / "bench"
 STEP, STEPS = 6, 28
 TARGETS = {"c": 1.08, "c4": 1.10, "d": 1 + STEP / STEPS + 0.06, "extraction": 0.02, "peak": 0.5}
 DEVICE_RUN = "bash bench/device_run.sh OUT"
+STAGE_K = "step k to block b (beside the superpixels)"   # the extraction breakdown's step-k stage
 # The H200 main calls of the code since stage 1 became one sampler call, oldest first:
 # (file, session, what changed, the command that made it).
 CALLS = (
@@ -33,14 +34,26 @@ CALLS = (
      f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
     ("main_queued_2.json", "12-02 late", "same code, another machine",
      f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
+    ("main_lean.json", "12-02 evening", "host time of a masked layer cut (27e87d9), after the host part",
+     f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
+    ("main_lean_2.json", "12-02 evening", "a few more host trims (47254f0), another machine, after the host part",
+     f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
 )
-HEADLINE, SECOND = "main_queued.json", "main_queued_2.json"   # the two latest main calls (2026-12-02)
+HEADLINE, SECOND = "main_lean_2.json", "main_lean.json"   # the latest main call and the one before it
+LATEST_SUBJECTS = "subjects4_lean_2.json"   # the 4-subject call right after HEADLINE, on the same machine
+HOST = (  # the host part (8 steps of b, c, c-unfused): (file, fused_check.py's output in that call or None, code)
+    ("host_clock.json", None, "12-02 mid: stage 1 in one sampler call"),
+    ("host_lean.json", "fused_check_lean.txt", "12-02 evening: host time of a masked layer cut (27e87d9)"),
+    ("host_lean_2.json", "fused_check_lean_2.txt", "12-02 evening: a few more trims (47254f0), another machine"),
+)
 SUBJECTS = (  # 4 subjects, 1024 px: (file, session, code)
     ("subjects4_onecall_first.json", "12-02 early", "stage 1 in one sampler call, 1 run"),
     ("subjects4_onecall.json", "12-02 early", "same code"),
     ("subjects4_final.json", "12-02 early", "same code"),
     ("subjects4_clock2.json", "12-02 mid", "same code"),
     ("subjects4_queued.json", "12-02 late", "x0 image queued"),
+    ("subjects4_lean.json", "12-02 evening", "host time of a masked layer cut (27e87d9)"),
+    (LATEST_SUBJECTS, "12-02 evening", "a few more trims (47254f0), the machine of `main_lean_2.json`"),
 )
 EARLIER = (  # H200 main calls of older code: (file, what the code did then)
     ("main.json", "SLIC beside step k, CPU voting, masked forwards built once per model"),
@@ -237,12 +250,107 @@ def clock_section() -> list[str]:
 
 def monitor_section() -> list[str]:
     lines = ["| call | row | SM clock MHz | power W | power cap active in every busy sample |", "|---|---|---|---|---|"]
-    for name, log, monitor in (("main_queued.json", "main_queued_log.txt", "gpu_monitor_main_queued.csv"),
-                               ("main_queued_2.json", "main_queued_2_log.txt", "gpu_monitor_main_queued_2.csv")):
+    for name in (SECOND, HEADLINE):
+        log, monitor = name.replace(".json", "_log.txt"), "gpu_monitor_" + name.replace(".json", ".csv")
         for row_name, window in row_windows(log).items():
             clock, watts, capped = gpu_during(monitor, window)
             lines.append(f"| `{name}` | {row_name} | {clock:.0f} | {watts:.0f} | {'yes' if capped else 'no'} |")
     return lines
+
+
+def host_table() -> list[str]:
+    """Per host-part call: each row's step time at 128 px (about the host's time: 64 image tokens) and at 1024 px,
+    kernels launched a step, and the host time of one fused-kernel launch (fused_check.py, direct and through
+    Triton's JIT function)."""
+    lines = ["| file | code | b 128 px ms | c 128 px ms | c / b 128 px | c-unfused 128 px ms | b 1024 px ms | "
+             "c 1024 px ms | kernels a step b, c | fused launch us, direct / JIT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, check, code in HOST:
+        run = load(name)
+        step = {r: {size: found["step_ms"] for size, found in sizes.items()} for r, sizes in run.items()}
+        kernels = [run[r]["1024"].get("kernels_per_step") for r in ("b", "c")]
+        launches = re.findall(r"direct\s+([\d.]+) us a launch, through the JIT function\s+([\d.]+) us",
+                              (RESULTS / check).read_text()) if check else []
+        cell = (f"{statistics.median(float(d) for d, _ in launches):.1f} / "
+                f"{statistics.median(float(j) for _, j in launches):.1f}") if launches else ""
+        lines.append(f"| `{name}` | {code} | {step['b']['128']:.1f} | {step['c']['128']:.1f} | "
+                     f"{step['c']['128'] / step['b']['128']:.2f} | {step['c-unfused']['128']:.1f} | "
+                     f"{step['b']['1024']:.1f} | {step['c']['1024']:.1f} | "
+                     + (", ".join(f"{k:.0f}" for k in kernels) if None not in kernels else "") + f" | {cell} |")
+    runs = [load(name) for name, *_ in HOST]
+    ratios = [run["c"]["128"]["step_ms"] / run["b"]["128"]["step_ms"] for run in runs]
+    b_steps = [run["b"]["128"]["step_ms"] for run in runs]
+    more = runs[-1]["c"]["1024"]["kernels_per_step"] - runs[-1]["b"]["1024"]["kernels_per_step"]
+    lines += ["", f"c / b at 128 px was {', '.join(f'{r:.2f}' for r in ratios)} in these calls: the changes since "
+              f"`{HOST[0][0]}` did not measurably shorten a masked step's host time relative to b's (3 runs of 8 "
+              f"steps a row; b alone moved by {max(b_steps) / min(b_steps) - 1:.0%} between machines). A masked "
+              f"step launches {more:.0f} kernels more than b's (the LoRA down and up projections and the mask of "
+              "every masked layer)."]
+    return lines
+
+
+def latest_targets() -> list[str]:
+    """Which targets hold in the latest main call and the 4-subject call after it on the same machine."""
+    head, four = load(HEADLINE), load(LATEST_SUBJECTS)["4"]
+    four_c = four["c"][0] / four["b"][0]
+    checks = [(f"c / b {ratio(head, 'c'):.3f} (target <= {TARGETS['c']})", ratio(head, "c") <= TARGETS["c"]),
+              (f"4 subjects c / b {four_c:.3f} (target <= {TARGETS['c4']:.2f})", four_c <= TARGETS["c4"]),
+              (f"d / b {ratio(head, 'd'):.3f} (target <= {TARGETS['d']:.4f})", ratio(head, "d") <= TARGETS["d"]),
+              (f"extraction, pairs, {extraction_pairs(head):.4f} of b (target <= {TARGETS['extraction']})",
+               extraction_pairs(head) <= TARGETS["extraction"]),
+              (f"extraction, in the run, {extraction_in_run(head):.4f} of b (target <= {TARGETS['extraction']})",
+               extraction_in_run(head) <= TARGETS["extraction"]),
+              (f"peak c - b {peak_c(head):.2f} GiB (target <= {TARGETS['peak']})", peak_c(head) <= TARGETS["peak"])]
+    held = [text for text, ok in checks if ok]
+    missed = [text for text, ok in checks if not ok]
+    return [f"In the latest main call (`{HEADLINE}`) and the 4-subject call after it on the same machine "
+            f"(`{LATEST_SUBJECTS}`): held: {'; '.join(held) or 'none'}; missed: {'; '.join(missed) or 'none'}."]
+
+
+def default_px_lines(head: dict) -> list[str]:
+    """The pack's SLIC working size now, against the one the latest call ran at, with SLIC's CPU time at both
+    (`slic_cpu_px.txt`: `for px in 192 128; do python3 bench/slic_bench.py --px $px; done`)."""
+    source = (ROOT / "freefuse_comfy" / "sampling.py").read_text()
+    default = int(re.search(r"^SUPERPIXEL_PX = (\d+)", source, re.M).group(1))
+    if default == head["superpixel_px"]:
+        return []
+    text = (RESULTS / "slic_cpu_px.txt").read_text()
+    ms = {int(px): float(t) for px, t in re.findall(r"^(\d+) px, paper's count: \d+ segments, median ([\d.]+) ms",
+                                                      text, re.M)}
+    return [f"The pack's default `superpixel_px` is now {default} (4 x 4 px of the copy per superpixel at 1024 px, "
+            "a density at which the toy world votes as at full size, `docs/fidelity.md`): SLIC with the paper's "
+            f"1024 superpixels took {ms[head['superpixel_px']]:.1f} ms at {head['superpixel_px']} px and "
+            f"{ms[default]:.1f} ms at {default} px on this repository's 2-core CPU machine (`slic_cpu_px.txt`), "
+            f"where the calls above, at {head['superpixel_px']} px, took {superpixel_ms(head):.0f} ms on the "
+            f"device and step k's run to block b about {1000 * head['extraction_breakdown_seconds'][STAGE_K]:.0f} "
+            "ms beside it.", "", *px128_lines(default)]
+
+
+def px128_lines(default: int) -> list[str]:
+    """The extraction part at the new default (`extraction_px128.json`, `bash bench/device_run.sh OUT extraction`,
+    its `SUPERPIXEL_PX` line in `extraction_px128_default.txt`): it times no row b, so its shares of b use the
+    b of every main call (another process, another machine)."""
+    run = load("extraction_px128.json")
+    line = (RESULTS / "extraction_px128_default.txt").read_text()
+    if f"SUPERPIXEL_PX = {default}" not in line:
+        raise SystemExit(f"extraction_px128.json ran at {line.strip()!r}, not at the current default {default}")
+    b_range = [row(load(name), "b")["seconds"] for name, *_ in CALLS]
+    pairs = [p["added"] for p in run["pairs"]]
+    in_run = [p["step_k_to_masks"] for p in run["pairs"]]
+    alone = run["alone_ms"]
+
+    def share(seconds: float) -> str:
+        return f"{seconds / max(b_range):.4f} to {seconds / min(b_range):.4f}"
+
+    return [f"At {default} px, `extraction_px128.json` (`bash bench/device_run.sh OUT extraction`, {len(pairs)} pairs "
+            f"on an H200, 2026-12-02): the extraction minus its first k steps took {1000 * min(pairs):.0f} to "
+            f"{1000 * max(pairs):.0f} ms (median {1000 * run['added_median_s']:.0f} ms); step k to the masks, in the "
+            f"run, {1000 * min(in_run):.0f} to {1000 * max(in_run):.0f} ms (median "
+            f"{1000 * run['step_k_to_masks_median_s']:.0f} ms); SLIC alone {alone['SLIC alone at 128 px']:.1f} ms "
+            f"at 128 px and {alone['SLIC alone at 192 px']:.1f} ms at 192 px on that host. That part times no row b: "
+            f"against the b of the main calls ({min(b_range):.3f} to {max(b_range):.3f} s, other processes and "
+            f"machines, so not a ratio within one run) the medians are {share(run['added_median_s'])} (pairs) and "
+            f"{share(run['step_k_to_masks_median_s'])} (in the run) of b. No main call has run at {default} px yet."]
 
 
 def sizes_lines() -> list[str]:
@@ -333,14 +441,16 @@ def summary(head: dict, second: dict) -> list[str]:
         "`docs/bench/`): FreeFuse against a merged LoRA run on a FLUX.1-dev-sized model (random bf16 weights), "
         "1024 px, 28 steps, two rank-32 LoRAs, every row in one process on an NVIDIA H200.",
         "",
-        f"The two latest calls (`{HEADLINE}`, `{SECOND}`: the same code on two machines) gave `freefuse / merged = "
-        f"{ratio(head, 'd'):.2f}` and {ratio(second, 'd'):.2f} (restart, the default) and continue "
+        f"The latest call (`{HEADLINE}`) and the one before it (`{SECOND}`, another machine) gave `freefuse / merged "
+        f"= {ratio(head, 'd'):.2f}` and {ratio(second, 'd'):.2f} (restart, the default) and continue "
         f"{ratio(head, 'c'):.2f} and {ratio(second, 'c'):.2f}. Over the {len(CALLS)} main calls of the current "
         f"stage 1, continue ranged {min(c_values):.3f} to {max(c_values):.3f} and restart {min(d_values):.3f} to "
         f"{max(d_values):.3f}; the mask extraction took {min(extraction_pairs(load(n)) for n, *_ in CALLS):.4f} to "
         f"{max(extraction_pairs(load(n)) for n, *_ in CALLS):.4f} of the merged run, and peak GPU memory was at most "
         f"{max(peak_c(load(n)) for n, *_ in CALLS):.2f} GiB above it. Not every target of issue 5 holds in every "
         "call: the benchmark page lists each target per call, and what makes the calls differ.",
+        "",
+        *latest_targets(),
     ]
 
 
@@ -357,14 +467,19 @@ def main() -> None:
     hooks, unfinished = subjects_log()
     first = head["first_run_after_lora_change"]
     stages = head["extraction_breakdown_seconds"]
+    versions = (RESULTS / "device_versions_lean.txt").read_text().strip()
     plot(RESULTS / "ratios.png")
     lines = [
         "# Benchmark: FreeFuse against an ordinary LoRA run",
         "",
         f"**freefuse / merged = {ratio(head, 'd'):.2f}** (restart, the default; 2 subjects, 1024 px); continue: "
-        f"**{ratio(head, 'c'):.2f}**. Device: {head['device']}, the first of the two latest main calls (`{HEADLINE}`, "
-        f"medians of {len(row(head, 'b')['runs'])} runs, 2026-12-02). The second, the same code on another machine "
+        f"**{ratio(head, 'c'):.2f}**. Device: {head['device']}, the latest main call (`{HEADLINE}`, medians of "
+        f"{len(row(head, 'b')['runs'])} runs, 2026-12-02; torch and Triton of the device's "
+        f"image, read in the call of `main_lean.json`: {versions})."
+        " The one before it, on another machine "
         f"(`{SECOND}`): restart {ratio(second, 'd'):.2f}, continue {ratio(second, 'c'):.2f}.",
+        "",
+        *latest_targets(),
         "",
         f"Setup: a FLUX.1-dev-sized Flux (19 double + 38 single blocks, hidden 3072) with random bf16 weights built "
         f"through ComfyUI 0.33.0's classes; two random rank-{head['rank']} LoRAs in ai-toolkit/diffusers format on "
@@ -381,9 +496,9 @@ def main() -> None:
         "`SUBJECT_REPEATS=3 bash bench/device_run.sh OUT subjects` and `SIZES=2048 RANKS= bash bench/device_run.sh "
         "OUT sizes`); copy OUT's files to `docs/bench/` under the names the tables below use; here, "
         "`python3 bench/report.py`. `flux_bench.py` ends by "
-        "printing the two ratio lines (`main_queued_stdout.txt`).",
+        f"printing the two ratio lines (`{HEADLINE.replace('.json', '_stdout.txt')}`).",
         "",
-        f"## The two latest main calls (`{HEADLINE}`, `{SECOND}`)",
+        f"## The latest main call and the one before it (`{HEADLINE}`, `{SECOND}`)",
         "",
         f"`{HEADLINE}`:",
         "",
@@ -445,8 +560,20 @@ def main() -> None:
         "steps 0..k-1, without the host waiting: the host queues step k's evaluation while the GPU still runs the "
         "steps before it, and the SLIC thread waits for the copy alone. Before, the decode's copy to the CPU "
         "emptied the GPU's queue, and step k began only after ComfyUI's VAE.decode had returned. Stages in "
-        "`main_queued.json` (each timed on its own with a sync around it, so they add up to more than the whole): "
+        f"`{HEADLINE}` (each timed on its own with a sync around it, so they add up to more than the whole): "
         + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in stages.items()) + ".",
+        "",
+        *default_px_lines(head),
+        "",
+        "## Host time of a masked step",
+        "",
+        "`bash bench/device_run.sh OUT host` (8 steps of b, c and c-unfused, after a warm-up; medians of 3 runs): at "
+        "128 px a step's GPU work is small, so its wall time is about the host's Python and launch time. The "
+        "masked layer's hot path now works out once what it used to per call (the rank-mask memo key, `U^T` views, "
+        "which slices a consumer holds), and the fused kernels launch through the compiled kernel's own launcher; "
+        "the host's speed differs between machines, so compare c with b of the same call.",
+        "",
+        *host_table(),
         "",
         "## 4 subjects, 1024 px",
         "",

@@ -44,10 +44,11 @@ from .loras import FreeFuseLora, require_flux
 from .prompt import prompt_of
 
 EXTRACT_NODE = "FreeFuse Mask Extract (step/block)"
-# Long side of the x0 copy SLIC segments (ours). At FLUX's 1024 px and sqrt(H W) = 1024 superpixels, 192 px
-# gives each superpixel 6 x 6 px of the copy; the toy world at that density (96 px of its 256) and at 4 x 4
-# (64 px) votes as at its full size (docs/fidelity.md), and SLIC then ends before step k's capture.
-SUPERPIXEL_PX = 192
+# Long side of the x0 copy SLIC segments (ours). At FLUX's 1024 px and sqrt(H W) = 1024 superpixels, 128 px
+# gives each superpixel 4 x 4 px of the copy; the toy world at that density (64 px of its 256) votes as at its
+# full size (docs/fidelity.md). SLIC there takes under half its time at 192 px (bench/slic_bench.py), where
+# on the benchmark's hosts it took about as long as step k's run to block b beside it.
+SUPERPIXEL_PX = 128
 SAMPLER_NODE = "FreeFuse Masked LoRA Sampler"
 WRAPPER_KEY = "freefuse"
 log = logging.getLogger(__name__)

@@ -78,9 +78,9 @@ class MaskedLowRank:
         """What each call reads, worked out once: the rank layout's number (the memo's key), each slice's
         `U` and `U^T` views and whether its columns are the layer's whole output, and the per-`held_columns` plans."""
         self.layout = _LAYOUTS.setdefault(self.owner_key, len(_LAYOUTS))
-        whole = len(self.slices) == 1
+        single = len(self.slices) == 1   # its rank input is all of h: no column view to take
         self.down_t = None if self.down is None else self.down.t()
-        self.steps = tuple((s.start, s.stop, None if whole else s.ranks, s.up, s.up.t(),
+        self.steps = tuple((s.start, s.stop, None if single else s.ranks, s.up, s.up.t(),
                             (s.start, s.stop) == (0, self.out_features)) for s in self.slices)
         self.plans: dict[tuple, tuple] = {}
 
