@@ -307,11 +307,16 @@ def latest_targets() -> list[str]:
             f"(`{LATEST_SUBJECTS}`): held: {'; '.join(held) or 'none'}; missed: {'; '.join(missed) or 'none'}."]
 
 
+def default_px() -> int:
+    """The pack's SLIC working size (`SUPERPIXEL_PX` in freefuse_comfy/sampling.py)."""
+    source = (ROOT / "freefuse_comfy" / "sampling.py").read_text()
+    return int(re.search(r"^SUPERPIXEL_PX = (\d+)", source, re.M).group(1))
+
+
 def default_px_lines(head: dict) -> list[str]:
     """The pack's SLIC working size now, against the one the latest call ran at, with SLIC's CPU time at both
     (`slic_cpu_px.txt`: `for px in 192 128; do python3 bench/slic_bench.py --px $px; done`)."""
-    source = (ROOT / "freefuse_comfy" / "sampling.py").read_text()
-    default = int(re.search(r"^SUPERPIXEL_PX = (\d+)", source, re.M).group(1))
+    default = default_px()
     if default == head["superpixel_px"]:
         return []
     text = (RESULTS / "slic_cpu_px.txt").read_text()
@@ -468,6 +473,7 @@ def main() -> None:
     first = head["first_run_after_lora_change"]
     stages = head["extraction_breakdown_seconds"]
     versions = (RESULTS / "device_versions_lean.txt").read_text().strip()
+    px_note = f" (the pack's default since: {default_px()} px, see Mask extraction)" if default_px_lines(head) else ""
     plot(RESULTS / "ratios.png")
     lines = [
         "# Benchmark: FreeFuse against an ordinary LoRA run",
@@ -487,9 +493,9 @@ def main() -> None:
         f"conditioning of the real shapes; {head['size']} x {head['size']} px, {head['steps']} steps, euler/simple, "
         f"cfg 1, batch 1; ComfyUI's default memory management (dynamic VRAM {head['dynamic_vram']}). Rows after one "
         f"warm-up each, all in one process; ratios are to row b of the same process. Mask extraction defaults: "
-        f"step {STEP}, block 16, VAE decode of x0, superpixels at {head['superpixel_px']} px. Rows: b the LoRAs "
-        "through ComfyUI's stock loader (merged); c FreeFuse continue (extract, then the masked sampler from step "
-        "k); d FreeFuse restart (extract, then the masked sampler from step 0: the default); B row b again after "
+        f"step {STEP}, block 16, VAE decode of x0, superpixels at {head['superpixel_px']} px{px_note}. Rows: b the "
+        "LoRAs through ComfyUI's stock loader (merged); c FreeFuse continue (extract, then the masked sampler from "
+        "step k); d FreeFuse restart (extract, then the masked sampler from step 0: the default); B row b again after "
         "the FreeFuse rows.",
         "",
         "Commands: on the device, `COMFYUI_PATH=<ComfyUI 0.33> " + CALLS[-1][3] + "` (then "
