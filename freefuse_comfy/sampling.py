@@ -337,8 +337,7 @@ def require_image_vae(vae, model) -> None:
     if vae.latent_dim != 2 or vae.latent_channels != channels:
         raise ValueError(f"{EXTRACT_NODE}: input 'vae' decodes {vae.latent_channels}-channel latents of "
                          f"{vae.latent_dim} dimensions, but this model's latents are 2-D with {channels} channels. "
-                         "Connect the FLUX VAE (ae.safetensors), or set x0_image "
-                         "to 'latent rgb'.")
+                         "Connect the FLUX VAE (ae.safetensors), or set x0_image to 'latent rgb'.")
 
 
 def _grid(latent: dict) -> tuple[int, int]:
