@@ -38,9 +38,12 @@ CALLS = (
      f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
     ("main_lean_2.json", "12-02 evening", "a few more host trims (47254f0), another machine, after the host part",
      f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
+    ("main_px128.json", "12-02 night", "SLIC at 128 px by default (2aa7f10), 9 extraction pairs",
+     f"MAIN_ROWS=bcdB MAIN_PAIRS=9 MAIN_REPEATS=5 {DEVICE_RUN} main"),
 )
-HEADLINE, SECOND = "main_lean_2.json", "main_lean.json"   # the latest main call and the one before it
-LATEST_SUBJECTS = "subjects4_lean_2.json"   # the 4-subject call right after HEADLINE, on the same machine
+HEADLINE, SECOND = "main_px128.json", "main_lean_2.json"   # the latest main call and the one before it
+LATEST_SUBJECTS = "subjects4_px128.json"   # the 4-subject part of HEADLINE's command, on the same machine
+VERSIONS = "device_versions_px128.txt"   # torch, Triton and the GPU, read in HEADLINE's call
 HOST = (  # the host part (8 steps of b, c, c-unfused): (file, fused_check.py's output in that call or None, code)
     ("host_clock.json", None, "12-02 mid: stage 1 in one sampler call"),
     ("host_lean.json", "fused_check_lean.txt", "12-02 evening: host time of a masked layer cut (27e87d9)"),
@@ -53,7 +56,8 @@ SUBJECTS = (  # 4 subjects, 1024 px: (file, session, code)
     ("subjects4_clock2.json", "12-02 mid", "same code"),
     ("subjects4_queued.json", "12-02 late", "x0 image queued"),
     ("subjects4_lean.json", "12-02 evening", "host time of a masked layer cut (27e87d9)"),
-    (LATEST_SUBJECTS, "12-02 evening", "a few more trims (47254f0), the machine of `main_lean_2.json`"),
+    ("subjects4_lean_2.json", "12-02 evening", "a few more trims (47254f0), the machine of `main_lean_2.json`"),
+    (LATEST_SUBJECTS, "12-02 night", "SLIC at 128 px, in the command of `main_px128.json`"),
 )
 EARLIER = (  # H200 main calls of older code: (file, what the code did then)
     ("main.json", "SLIC beside step k, CPU voting, masked forwards built once per model"),
@@ -318,7 +322,7 @@ def default_px_lines(head: dict) -> list[str]:
     (`slic_cpu_px.txt`: `for px in 192 128; do python3 bench/slic_bench.py --px $px; done`)."""
     default = default_px()
     if default == head["superpixel_px"]:
-        return []
+        return px128_lines(default, head)
     text = (RESULTS / "slic_cpu_px.txt").read_text()
     ms = {int(px): float(t) for px, t in re.findall(r"^(\d+) px, paper's count: \d+ segments, median ([\d.]+) ms",
                                                       text, re.M)}
@@ -328,13 +332,13 @@ def default_px_lines(head: dict) -> list[str]:
             f"{ms[default]:.1f} ms at {default} px on this repository's 2-core CPU machine (`slic_cpu_px.txt`), "
             f"where the calls above, at {head['superpixel_px']} px, took {superpixel_ms(head):.0f} ms on the "
             f"device and step k's run to block b about {1000 * head['extraction_breakdown_seconds'][STAGE_K]:.0f} "
-            "ms beside it.", "", *px128_lines(default)]
+            "ms beside it.", "", *px128_lines(default, None)]
 
 
-def px128_lines(default: int) -> list[str]:
+def px128_lines(default: int, head: dict | None) -> list[str]:
     """The extraction part at the new default (`extraction_px128.json`, `bash bench/device_run.sh OUT extraction`,
     its `SUPERPIXEL_PX` line in `extraction_px128_default.txt`): it times no row b, so its shares of b use the
-    b of every main call (another process, another machine)."""
+    b of every main call (another process, another machine); `head`, a main call at that size, or None."""
     run = load("extraction_px128.json")
     line = (RESULTS / "extraction_px128_default.txt").read_text()
     if f"SUPERPIXEL_PX = {default}" not in line:
@@ -355,24 +359,34 @@ def px128_lines(default: int) -> list[str]:
             f"at 128 px and {alone['SLIC alone at 192 px']:.1f} ms at 192 px on that host. That part times no row b: "
             f"against the b of the main calls ({min(b_range):.3f} to {max(b_range):.3f} s, other processes and "
             f"machines, so not a ratio within one run) the medians are {share(run['added_median_s'])} (pairs) and "
-            f"{share(run['step_k_to_masks_median_s'])} (in the run) of b. No main call has run at {default} px yet."]
+            f"{share(run['step_k_to_masks_median_s'])} (in the run) of b. "
+            + (f"No main call has run at {default} px yet." if head is None else
+               f"Within one run, `{HEADLINE}` at {default} px: {extraction_pairs(head):.4f} (pairs) and "
+               f"{extraction_in_run(head):.4f} (in the run) of its b.")]
 
 
 def sizes_lines() -> list[str]:
     big = load("sizes_2048.json")["sizes"]["2048"]
-    old = load("sizes.json")
-    lines = ["| case | code, device | b s | c s | c / b | peak c - b GiB |", "|---|---|---|---|---|---|",
+    old, new, three = load("sizes.json"), load("sizes_px128.json"), load("subjects3_px128.json")["3"]
+    lines = ["| case | code, device | b s | c s | c / b | d / b | peak c - b GiB |", "|---|---|---|---|---|---|---|",
              f"| 2048 px | x0 image queued, H200 (`sizes_2048.json`) | {big['b'][0]:.2f} | {big['c'][0]:.2f} | "
-             f"{big['c'][0] / big['b'][0]:.3f} | {big['c'][1] - big['b'][1]:.2f} |"]
+             f"{big['c'][0] / big['b'][0]:.3f} | | {big['c'][1] - big['b'][1]:.2f} |"]
+    cases = [(f"{size} px", found) for size, found in new["sizes"].items()]
+    cases += [(f"rank {rank}", found) for rank, found in new["ranks"].items()] + [("3 subjects", three)]
+    for case, found in cases:
+        source = "subjects3_px128.json" if case == "3 subjects" else "sizes_px128.json"
+        d = f"{found['d'][0] / found['b'][0]:.3f}" if "d" in found else ""
+        lines.append(f"| {case} | SLIC at 128 px, H200 (`{source}`) | {found['b'][0]:.2f} | {found['c'][0]:.2f} | "
+                     f"{found['c'][0] / found['b'][0]:.3f} | {d} | {found['c'][1] - found['b'][1]:.2f} |")
     for size, found in old["sizes"].items():
         lines.append(f"| {size} px | before prefetching, H100 (`sizes.json`) | {found['b'][0]:.2f} | "
-                     f"{found['c'][0]:.2f} | {found['c'][0] / found['b'][0]:.3f} | |")
+                     f"{found['c'][0]:.2f} | {found['c'][0] / found['b'][0]:.3f} | | |")
     done, _ = subjects_log()
     lines.append(f"| 3 subjects | before prefetching, H100 (`subjects_log.txt`) | {done['b 3']:.2f} | "
-                 f"{done['c 3']:.2f} | {done['c 3'] / done['b 3']:.3f} | |")
+                 f"{done['c 3']:.2f} | {done['c 3'] / done['b 3']:.3f} | | |")
     for rank, found in old["ranks"].items():
         lines.append(f"| rank {rank} | before prefetching, H100 (`sizes.json`) | {found['b'][0]:.2f} | "
-                     f"{found['c'][0]:.2f} | {found['c'][0] / found['b'][0]:.3f} | |")
+                     f"{found['c'][0]:.2f} | {found['c'][0] / found['b'][0]:.3f} | | |")
     return lines
 
 
@@ -472,8 +486,8 @@ def main() -> None:
     hooks, unfinished = subjects_log()
     first = head["first_run_after_lora_change"]
     stages = head["extraction_breakdown_seconds"]
-    versions = (RESULTS / "device_versions_lean.txt").read_text().strip()
-    px_note = f" (the pack's default since: {default_px()} px, see Mask extraction)" if default_px_lines(head) else ""
+    versions = (RESULTS / VERSIONS).read_text().splitlines()[0].strip()
+    px_note = f" (the pack's default since: {default_px()} px, see Mask extraction)" if default_px() != head["superpixel_px"] else ""
     plot(RESULTS / "ratios.png")
     lines = [
         "# Benchmark: FreeFuse against an ordinary LoRA run",
@@ -481,7 +495,7 @@ def main() -> None:
         f"**freefuse / merged = {ratio(head, 'd'):.2f}** (restart, the default; 2 subjects, 1024 px); continue: "
         f"**{ratio(head, 'c'):.2f}**. Device: {head['device']}, the latest main call (`{HEADLINE}`, medians of "
         f"{len(row(head, 'b')['runs'])} runs, 2026-12-02; torch and Triton of the device's "
-        f"image, read in the call of `main_lean.json`: {versions})."
+        f"image, read in that call: {versions})."
         " The one before it, on another machine "
         f"(`{SECOND}`): restart {ratio(second, 'd'):.2f}, continue {ratio(second, 'c'):.2f}.",
         "",
@@ -567,7 +581,10 @@ def main() -> None:
         "steps before it, and the SLIC thread waits for the copy alone. Before, the decode's copy to the CPU "
         "emptied the GPU's queue, and step k began only after ComfyUI's VAE.decode had returned. Stages in "
         f"`{HEADLINE}` (each timed on its own with a sync around it, so they add up to more than the whole): "
-        + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in stages.items()) + ".",
+        + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in stages.items()) + f" (at {head['superpixel_px']} px)"
+        + ("; the same at 192 px, the default before: " + ", ".join(
+            f"{k} {1000 * v:.1f} ms" for k, v in head["extraction_breakdown_seconds_192px"].items())
+           if "extraction_breakdown_seconds_192px" in head else "") + ".",
         "",
         *default_px_lines(head),
         "",
@@ -594,7 +611,10 @@ def main() -> None:
         "",
         "## Sizes and ranks",
         "",
-        "One timed run each after a warm-up; 1536 px has not been run.",
+        "One timed run each after a warm-up. The rows of `sizes_px128.json` and `subjects3_px128.json` ran in one "
+        "device command right after the one of `main_px128.json`: `python3 bench/flux_bench.py --comfyui "
+        "$COMFYUI_PATH --out OUT --part sizes --sizes 1536 --ranks 16,64`, then `... --part subjects --subjects 3 "
+        "--rows bcd --repeats 1`.",
         "",
         *sizes_lines(),
         "",
