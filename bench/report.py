@@ -403,8 +403,10 @@ def subjects_log() -> tuple[dict[str, float], list[str]]:
 def settings_table() -> list[str]:
     lines = ["| run | b s | c s | c / b | c resident / b | peak c - b GiB | first run b s | first run c s |",
              "|---|---|---|---|---|---|---|---|"]
-    for label, name in (("fp8 weights (`--fp8`, `main_fp8.json`)", "main_fp8.json"),
-                        ("`--disable-dynamic-vram` (`main_nodyn.json`)", "main_nodyn.json")):
+    for label, name in (("fp8 weights (`--fp8`), current code (`main_fp8_px128.json`)", "main_fp8_px128.json"),
+                        ("`--disable-dynamic-vram`, current code (`main_nodyn_px128.json`)", "main_nodyn_px128.json"),
+                        ("fp8 weights, older code (`main_fp8.json`)", "main_fp8.json"),
+                        ("`--disable-dynamic-vram`, older code (`main_nodyn.json`)", "main_nodyn.json")):
         run = load(name)
         first, resident = run["first_run_after_lora_change"], ratio(run, "c'")
         lines.append(f"| {label} | {row(run, 'b')['seconds']:.2f} | {row(run, 'c')['seconds']:.2f} | "
@@ -487,7 +489,8 @@ def main() -> None:
     first = head["first_run_after_lora_change"]
     stages = head["extraction_breakdown_seconds"]
     versions = (RESULTS / VERSIONS).read_text().splitlines()[0].strip()
-    px_note = f" (the pack's default since: {default_px()} px, see Mask extraction)" if default_px() != head["superpixel_px"] else ""
+    px_note = (f" (the pack's default since: {default_px()} px, see Mask extraction)"
+               if default_px() != head["superpixel_px"] else "")
     plot(RESULTS / "ratios.png")
     lines = [
         "# Benchmark: FreeFuse against an ordinary LoRA run",
@@ -626,7 +629,11 @@ def main() -> None:
         f"(load and sampling), `{HEADLINE}`: merged {first['b merged']:.1f} s, FreeFuse continue "
         f"{first['c FreeFuse continue']:.1f} s (its Triton kernels compile and autotune in that run).",
         "",
-        "## Other settings (older code: before stage 1 became one sampler call; H200, one timed run each)",
+        "## Other settings (H200, one timed run each)",
+        "",
+        "Current code: `python3 bench/flux_bench.py --comfyui $COMFYUI_PATH --out OUT --rows bcp --repeats 1 "
+        "--extraction-repeats 1 --fp8` (and `--disable-dynamic-vram` instead of `--fp8`), one device command after "
+        "the one of `sizes_px128.json`; older code: before stage 1 became one sampler call.",
         "",
         *settings_table(),
         "",
