@@ -371,10 +371,10 @@ def sizes_lines() -> list[str]:
     lines = ["| case | code, device | b s | c s | c / b | d / b | peak c - b GiB |", "|---|---|---|---|---|---|---|",
              f"| 2048 px | x0 image queued, H200 (`sizes_2048.json`) | {big['b'][0]:.2f} | {big['c'][0]:.2f} | "
              f"{big['c'][0] / big['b'][0]:.3f} | | {big['c'][1] - big['b'][1]:.2f} |"]
-    cases = [(f"{size} px", found) for size, found in new["sizes"].items()]
-    cases += [(f"rank {rank}", found) for rank, found in new["ranks"].items()] + [("3 subjects", three)]
-    for case, found in cases:
-        source = "subjects3_px128.json" if case == "3 subjects" else "sizes_px128.json"
+    cases = [(f"{size} px", "sizes_px128.json", found) for size, found in new["sizes"].items()]
+    cases += [(f"rank {rank}", "sizes_px128.json", found) for rank, found in new["ranks"].items()]
+    cases.append(("3 subjects", "subjects3_px128.json", three))
+    for case, source, found in cases:
         d = f"{found['d'][0] / found['b'][0]:.3f}" if "d" in found else ""
         lines.append(f"| {case} | SLIC at 128 px, H200 (`{source}`) | {found['b'][0]:.2f} | {found['c'][0]:.2f} | "
                      f"{found['c'][0] / found['b'][0]:.3f} | {d} | {found['c'][1] - found['b'][1]:.2f} |")
