@@ -2,7 +2,7 @@
 # GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
 # layer: layer_bench.py --fused), `main` (rows b, c, d, c', and c-unfused, d-unfused with every term in
 # its layer; the extraction timed 3 times), `subjects` (4 subjects: b, c, d, c with resident terms),
-# `profile` (GPU kernel time of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused,
+# `hooks` (2 and 3 subjects: b, c, d and row e, ComfyUI's core hooks, one timed run each), `profile` (GPU kernel time of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused,
 # d, d-unfused timed in turn, 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel
 # time at 1024 px, cProfile at 128 px: host- or GPU-bound?), `extraction` (where a warm extraction's time
 # goes: 9 pairs of it and its first k steps, its stages, SLIC and voting alone;
@@ -10,14 +10,14 @@
 # resident, GPU kernel time, the pinned copy rate), `sizes` (b and c at 512 and 2048 px, b, c, d at rank 16
 # and 64). Results go to OUT_DIR; copy them to docs/bench/, then
 # run `python3 bench/report.py`.
-#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs]
-#       [host] [extraction] [staging] [sizes]
+#   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [hooks] [profile]
+#       [pairs] [host] [extraction] [staging] [sizes]
 # Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
 # set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's, SIZES
 # (512,2048) and RANKS (16,64) the sizes part's;
 # `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
 set -uo pipefail
-out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [profile] [pairs] [host] [extraction] [staging] [sizes]}
+out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [hooks] [profile] [pairs] [host] [extraction] [staging] [sizes]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
@@ -45,6 +45,10 @@ for part in $parts; do
                 --rows bcdp --repeats "${SUBJECT_REPEATS:-1}" > "$out/subjects_stdout.txt" 2> >(log subjects4_log.txt)
               [ -f "$out/subjects.json" ] && mv "$out/subjects.json" "$out/subjects4.json"
               cat "$out/subjects_stdout.txt" ;;
+    hooks) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part subjects --subjects 2,3 \
+             --rows bcde --repeats 1 > "$out/hooks_stdout.txt" 2> >(log hooks_log.txt)
+           [ -f "$out/subjects.json" ] && mv "$out/subjects.json" "$out/hooks.json"
+           grep -v warm-up "$out/hooks_log.txt" | cut -c1-160 ;;
     pairs) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part pairs --repeats 3 \
              > "$out/pairs_stdout.txt" 2> >(log pairs_log.txt)
            grep "round" "$out/pairs_log.txt" ;;
@@ -65,7 +69,7 @@ for part in $parts; do
     staging) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part staging --subjects 4 \
                > "$out/staging_stdout.txt" 2> >(log staging_log.txt)
              grep "staging" "$out/staging_log.txt" ;;
-    *) echo "unknown part '$part': use layers, main, subjects, profile, pairs, host, extraction, staging or sizes" >&2
+    *) echo "unknown part '$part': use layers, main, subjects, hooks, profile, pairs, host, extraction, staging or sizes" >&2
        exit 2 ;;
   esac
 done
