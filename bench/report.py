@@ -43,6 +43,7 @@ CALLS = (
 )
 HEADLINE, SECOND = "main_px128.json", "main_lean_2.json"   # the latest main call and the one before it
 LATEST_SUBJECTS = "subjects4_px128.json"   # the 4-subject part of HEADLINE's command, on the same machine
+HOOKS = "hooks_h200.json"   # `device_run.sh OUT hooks`: b, c, d, e with 2 and 3 subjects in one process
 VERSIONS = "device_versions_px128.txt"   # torch, Triton and the GPU, read in HEADLINE's call
 HOST = (  # the host part (8 steps of b, c, c-unfused): (file, fused_check.py's output in that call or None, code)
     ("host_clock.json", None, "12-02 mid: stage 1 in one sampler call"),
@@ -390,6 +391,27 @@ def sizes_lines() -> list[str]:
     return lines
 
 
+def hooks_table() -> list[str]:
+    """Row e beside b, c, d of the same process, per subject count; e's time split into its model evaluations
+    (one per region a step) and the rest (ComfyUI patching each hook's LoRA weights in and out between them)."""
+    lines = ["| subjects | b s | c / b | d / b | e s | e / b | e evaluations | in them, s | between them, s | "
+             "peak b GiB | peak c GiB | peak e GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for subjects, found in load(HOOKS).items():
+        b, c, d, e = (found[k] for k in "bcde")
+        clock = e[4][0]
+        lines.append(f"| {subjects} | {b[0]:.3f} | {c[0] / b[0]:.3f} | {d[0] / b[0]:.3f} | {e[0]:.2f} | "
+                     f"{e[0] / b[0]:.2f} | {clock['evaluations']} | {clock['eval_sum_ms'] / 1000:.2f} | "
+                     f"{clock['between_sum_ms'] / 1000:.2f} | {b[1]:.2f} | {c[1]:.2f} | {e[1]:.2f} |")
+    return lines
+
+
+def hooks_line() -> str:
+    found = load(HOOKS)
+    parts = [f"{n} subjects e / b {v['e'][0] / v['b'][0]:.2f} (c {v['c'][0] / v['b'][0]:.3f}, d "
+             f"{v['d'][0] / v['b'][0]:.3f}, peak e {v['e'][1]:.1f} GiB)" for n, v in found.items()]
+    return "; ".join(parts)
+
+
 def subjects_log() -> tuple[dict[str, float], list[str]]:
     """The H100 subjects part's log: seconds of each row's one timed run ("c 3", "e 2 at 512 px"), and the rows
     that began their warm-up but never finished (the call's time ran out)."""
@@ -552,12 +574,12 @@ def main() -> None:
         f"{big['c'][1] - big['b'][1]:.2f} GiB (`sizes_2048.json`, one timed run each). Stage 1 allocates no "
         "`N x N` tensor: the capture reads q, k of block b and builds only the rows it needs (asserted in "
         "`tests/core` at a 64 x 64 token grid).",
-        f"- Row e (ComfyUI core hooks with the same LoRAs confined to the same masks): "
-        f"{ratio(h100, 'e'):.1f} x b on an H100 in an earlier session (`main_h100.json`), next to c "
-        f"{ratio(h100, 'c'):.2f} and d {ratio(h100, 'd'):.2f} of that run's older code; at 512 px with 2 subjects "
-        f"e took {hooks['e 2 at 512 px']:.1f} s against {hooks['d 2 at 512 px']:.2f} s for FreeFuse restart, and "
-        f"{', '.join(unfinished)} did not finish inside the 10-minute call (`subjects_log.txt`). Not run on the "
-        "H200.",
+        f"- Row e (ComfyUI core hooks with the same LoRAs confined to the same masks), on the H200 with the current "
+        f"code (`{HOOKS}`, one timed run each): {hooks_line()}; see Row e below. Earlier, on an H100 with older "
+        f"code (`main_h100.json`): e {ratio(h100, 'e'):.1f} x b, next to c {ratio(h100, 'c'):.2f} and d "
+        f"{ratio(h100, 'd'):.2f}; at 512 px with 2 subjects e took {hooks['e 2 at 512 px']:.1f} s against "
+        f"{hooks['d 2 at 512 px']:.2f} s for FreeFuse restart, and {', '.join(unfinished)} did not finish inside "
+        "the 10-minute call (`subjects_log.txt`).",
         "",
         "Every call of the current stage 1:",
         "",
@@ -600,6 +622,18 @@ def main() -> None:
         "the host's speed differs between machines, so compare c with b of the same call.",
         "",
         *host_table(),
+        "",
+        "## Row e: ComfyUI's core hooks",
+        "",
+        "`bash bench/device_run.sh OUT hooks` (on the H200, 2026-12-02): per subject count, b, c, d and e in one "
+        "process, 1024 px, 28 steps, one timed run each after a warm-up (e's warm-up: the same graph for 2 steps). "
+        "Row e is Create Hook LoRA (Model Only) per LoRA, each hook set on the conditioning with that subject's "
+        "mask from the extraction, the conditionings combined, then KSampler: one model evaluation per region a "
+        "step; between them ComfyUI swaps the model's weights to the next region's hook group "
+        "(`ModelPatcher.patch_hooks`: merged once, then copied from a cache of merged weights it keeps on the GPU "
+        "while memory allows, hence e's peak).",
+        "",
+        *hooks_table(),
         "",
         "## 4 subjects, 1024 px",
         "",
