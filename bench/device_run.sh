@@ -2,8 +2,9 @@
 # GPU runs for issue 5, each a part: `layers` (terms added in the GELU or q/k norm after the layer, per
 # layer: layer_bench.py --fused), `main` (rows b, c, d, c', and c-unfused, d-unfused with every term in
 # its layer; the extraction timed 3 times), `subjects` (4 subjects: b, c, d, c with resident terms),
-# `hooks` (2 and 3 subjects: b, c, d and row e, ComfyUI's core hooks, one timed run each), `profile` (GPU kernel time of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused,
-# d, d-unfused timed in turn, 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel
+# `hooks` (2 and 3 subjects: b, c, d and row e, ComfyUI's core hooks, one timed run each), `profile` (GPU
+# kernel time of 8 steps: merged, masked, masked unfused), `pairs` (b, then c, c-unfused, d, d-unfused timed in
+# turn, 3 rounds), `host` (8 steps of b, c, c-unfused at 1024 and 128 px, GPU kernel
 # time at 1024 px, cProfile at 128 px: host- or GPU-bound?), `extraction` (where a warm extraction's time
 # goes: 9 pairs of it and its first k steps, its stages, SLIC and voting alone;
 # `vote_bench.py`, `slic_bench.py`), `staging` (4 subjects: 8 masked steps with the terms prefetched and
