@@ -13,7 +13,8 @@
 # run `python3 bench/report.py`.
 #   COMFYUI_PATH=<ComfyUI 0.33> bash bench/device_run.sh OUT_DIR [layers] [main] [subjects] [hooks] [profile]
 #       [pairs] [host] [extraction] [staging] [sizes]
-# Layers, main and subjects when none is named. MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
+# Layers, main and subjects when none is named. EXISTING_PACK, the folder freefuse_comfyui of yaoliliu/FreeFuse,
+# lets main run row f (MAIN_ROWS with f). MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
 # set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's, SIZES
 # (512,2048) and RANKS (16,64) the sizes part's;
 # `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
@@ -39,7 +40,7 @@ for part in $parts; do
   case $part in
     layers) python3 bench/layer_bench.py --fused > "$out/fused_layers.txt" 2>&1; cat "$out/fused_layers.txt" ;;
     main) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --rows "${MAIN_ROWS:-bcdpu}" \
-            --extraction-repeats "${MAIN_PAIRS:-3}" --repeats "${MAIN_REPEATS:-2}" \
+            --extraction-repeats "${MAIN_PAIRS:-3}" --repeats "${MAIN_REPEATS:-2}" ${EXISTING_PACK:+--existing-pack "$EXISTING_PACK"} \
             > "$out/main_stdout.txt" 2> >(log main_log.txt)
           tail -16 "$out/main_stdout.txt" ;;
     subjects) python3 bench/flux_bench.py --comfyui "$COMFYUI_PATH" --out "$out" --part subjects --subjects 4 \

@@ -50,10 +50,12 @@ def parse_args():
     p.add_argument("--fp8", action="store_true", help="base weights stored as float8_e4m3fn (bf16 compute)")
     p.add_argument("--small", action="store_true", help="a tiny model, to check the script on a CPU")
     p.add_argument("--rows", default="abcdepu", help="which rows of the main and subjects parts to run (p: c' with "
-                   "the terms resident, u: c-unfused and d-unfused, B: b again after the FreeFuse rows)")
+                   "the terms resident, u: c-unfused and d-unfused, B: b again after the FreeFuse rows, f: the "
+                   "existing FreeFuse pack, with --existing-pack)")
     p.add_argument("--subjects", default="2,3,4", help="subject counts of the subjects part")
     p.add_argument("--sizes", default="512,2048", help="image sizes (px) of the sizes part")
     p.add_argument("--ranks", default="16,64", help="LoRA ranks of the sizes part ('' for none)")
+    p.add_argument("--existing-pack", help="row f: the folder freefuse_comfyui of yaoliliu/FreeFuse")
     return p.parse_args()
 
 
@@ -72,6 +74,7 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
+import existing_pack  # noqa: E402
 import folder_paths  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -573,6 +576,12 @@ def main_part(bench: Bench):
     note("extraction, first k steps alone: " + ", ".join(f"{e:.3f} s, {k:.3f} s" for e, k in pairs)
          + "; step k to the masks, in the run: " + ", ".join(f"{t:.3f} s" for t in clock.seconds)
          + f"; stages {stage_times}")
+    if "f" in todo:   # last but e: the other pack's hooks must not touch the rows before it
+        if not ARGS.existing_pack:
+            raise SystemExit("row f needs --existing-pack FOLDER (yaoliliu/FreeFuse's freefuse_comfyui)")
+        row_f = existing_pack.Row(existing_pack.load(ARGS.existing_pack), bench.base, names, WORDS[:2],
+                                  setup.positive[0][1][glue.prompt.PROMPT_KEY].text, DIMS["depth"] - 1)
+        rows["f existing FreeFuse pack"] = measure(lambda: row_f.run(setup, bench.stock), repeats, "f")
     if "e" in todo:
         _, masks = bench.freefuse(setup, "restart")
         rows["e core hooks + masked conds"] = measure(lambda: bench.hooks(names, setup, masks), 1, "e",
