@@ -40,11 +40,13 @@ CALLS = (
      f"MAIN_ROWS=bcdB MAIN_PAIRS=5 MAIN_REPEATS=5 {DEVICE_RUN} main"),
     ("main_px128.json", "12-02 night", "SLIC at 128 px by default (2aa7f10), 9 extraction pairs",
      f"MAIN_ROWS=bcdB MAIN_PAIRS=9 MAIN_REPEATS=5 {DEVICE_RUN} main"),
+    ("main_rowf.json", "12-03", "same FreeFuse code; row f, the existing pack, added (5d4d002)",
+     f"EXISTING_PACK=<its folder> MAIN_ROWS=bcdBf MAIN_PAIRS=9 MAIN_REPEATS=5 {DEVICE_RUN} main"),
 )
-HEADLINE, SECOND = "main_px128.json", "main_lean_2.json"   # the latest main call and the one before it
-LATEST_SUBJECTS = "subjects4_px128.json"   # the 4-subject part of HEADLINE's command, on the same machine
+HEADLINE, SECOND = "main_rowf.json", "main_px128.json"   # the latest main call and the one before it
+LATEST_SUBJECTS = "subjects4_rowf.json"   # the 4-subject part of HEADLINE's command, on the same machine
 HOOKS = "hooks_h200.json"   # `device_run.sh OUT hooks`: b, c, d, e with 2 and 3 subjects in one process
-VERSIONS = "device_versions_px128.txt"   # torch, Triton and the GPU, read in HEADLINE's call
+VERSIONS = "device_versions_rowf.txt"   # torch, Triton and the GPU, read in HEADLINE's call
 HOST = (  # the host part (8 steps of b, c, c-unfused): (file, fused_check.py's output in that call or None, code)
     ("host_clock.json", None, "12-02 mid: stage 1 in one sampler call"),
     ("host_lean.json", "fused_check_lean.txt", "12-02 evening: host time of a masked layer cut (27e87d9)"),
@@ -58,7 +60,8 @@ SUBJECTS = (  # 4 subjects, 1024 px: (file, session, code)
     ("subjects4_queued.json", "12-02 late", "x0 image queued"),
     ("subjects4_lean.json", "12-02 evening", "host time of a masked layer cut (27e87d9)"),
     ("subjects4_lean_2.json", "12-02 evening", "a few more trims (47254f0), the machine of `main_lean_2.json`"),
-    (LATEST_SUBJECTS, "12-02 night", "SLIC at 128 px, in the command of `main_px128.json`"),
+    ("subjects4_px128.json", "12-02 night", "SLIC at 128 px, in the command of `main_px128.json`"),
+    (LATEST_SUBJECTS, "12-03", "same code, in the command of `main_rowf.json`"),
 )
 EARLIER = (  # H200 main calls of older code: (file, what the code did then)
     ("main.json", "SLIC beside step k, CPU voting, masked forwards built once per model"),
@@ -74,7 +77,8 @@ def load(name: str) -> dict:
 
 def row(run: dict, letter: str) -> dict | None:
     """The row of a main run named by its letter ("B": b timed again after the FreeFuse rows)."""
-    names = {"b": "b stock", "c": "c FreeFuse", "d": "d FreeFuse", "B": "b again", "c'": "c' ", "e": "e core"}
+    names = {"b": "b stock", "c": "c FreeFuse", "d": "d FreeFuse", "B": "b again", "c'": "c' ", "e": "e core",
+             "f": "f existing"}
     return next((v for k, v in run["rows"].items() if k.startswith(names[letter])), None)
 
 
@@ -391,6 +395,37 @@ def sizes_lines() -> list[str]:
     return lines
 
 
+def f_calls() -> list[str]:
+    """The main calls that ran row f."""
+    return [name for name, *_ in CALLS if row(load(name), "f") is not None]
+
+
+def f_line() -> str:
+    """Row f beside row d, in every call that ran both."""
+    parts = [f"`{name}`: d / b {ratio(load(name), 'd'):.3f}, f / b {ratio(load(name), 'f'):.3f}" for name in f_calls()]
+    return ("The existing FreeFuse pack (row f) in the same process: " + "; ".join(parts)
+            + " (issue 5's figure for it, on an H100: 2.05).") if parts else "Row f was not run."
+
+
+def f_section() -> list[str]:
+    lines = ["`bench/existing_pack.py` builds the pack's Flux workflow (`workflows/flux_freefuse_api.json` of "
+             "yaoliliu/FreeFuse) from its nodes, imported under a module name of their own, on the benchmark's "
+             "model and LoRA files: `FreeFuseLoRALoader` per LoRA, `FreeFuseConceptMap`, the token positions given "
+             "directly (the benchmark has no text encoder), `FreeFusePhase1Sampler` (its first pass, to collect "
+             "step 5 at block 18, temperature 4000, top-k 0.1), `FreeFuseMaskApplicator` (attention bias on every "
+             "block), then the same KSampler call as row b for the second pass. A run is both passes; all-ones masks "
+             "(the pack's fallback when its phase 1 fails) stop the benchmark.", "",
+             "| call | b s | c / b | d / b | f s | f / b | peak b GiB | peak d GiB | peak f GiB | f's runs, s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in f_calls():
+        run = load(name)
+        b, d, f = (row(run, letter) for letter in "bdf")
+        lines.append(f"| `{name}` | {b['seconds']:.3f} | {ratio(run, 'c'):.3f} | {ratio(run, 'd'):.3f} | "
+                     f"{f['seconds']:.3f} | {f['over_b']:.3f} | {b['peak_gib']:.2f} | {d['peak_gib']:.2f} | "
+                     f"{f['peak_gib']:.2f} | {runs_of(f)} |")
+    return lines
+
+
 def hooks_table() -> list[str]:
     """Row e beside b, c, d of the same process, per subject count; e's time split into its model evaluations
     (one per region a step) and the rest (ComfyUI patching each hook's LoRA weights in and out between them)."""
@@ -479,21 +514,25 @@ def summary(head: dict, second: dict) -> list[str]:
     """The README's benchmark section."""
     c_values = [ratio(load(n), "c") for n, *_ in CALLS]
     d_values = [ratio(load(n), "d") for n, *_ in CALLS if ratio(load(n), "d") is not None]
+    pairs = [extraction_pairs(load(n)) for n, *_ in CALLS]
+    peaks = [peak_c(load(n)) for n, *_ in CALLS]
     return [
         "[`docs/benchmarks.md`](docs/benchmarks.md) (written by `python3 bench/report.py` from the result files in "
         "`docs/bench/`): FreeFuse against a merged LoRA run on a FLUX.1-dev-sized model (random bf16 weights), "
         "1024 px, 28 steps, two rank-32 LoRAs, every row in one process on an NVIDIA H200.",
         "",
-        f"The latest call (`{HEADLINE}`) and the one before it (`{SECOND}`, another machine) gave `freefuse / merged "
-        f"= {ratio(head, 'd'):.2f}` and {ratio(second, 'd'):.2f} (restart, the default) and continue "
-        f"{ratio(head, 'c'):.2f} and {ratio(second, 'c'):.2f}. Over the {len(CALLS)} main calls of the current "
-        f"stage 1, continue ranged {min(c_values):.3f} to {max(c_values):.3f} and restart {min(d_values):.3f} to "
-        f"{max(d_values):.3f}; the mask extraction took {min(extraction_pairs(load(n)) for n, *_ in CALLS):.4f} to "
-        f"{max(extraction_pairs(load(n)) for n, *_ in CALLS):.4f} of the merged run, and peak GPU memory was at most "
-        f"{max(peak_c(load(n)) for n, *_ in CALLS):.2f} GiB above it. Not every target of issue 5 holds in every "
+        f"The latest call (`{HEADLINE}`) and the one before it (`{SECOND}`, another device lease) gave "
+        f"`freefuse / merged = {ratio(head, 'd'):.2f}` and {ratio(second, 'd'):.2f} (restart, the default) and "
+        f"continue {ratio(head, 'c'):.2f} and {ratio(second, 'c'):.2f}. Over the {len(CALLS)} main calls of the "
+        f"current stage 1, continue ranged {min(c_values):.3f} to {max(c_values):.3f} and restart "
+        f"{min(d_values):.3f} to {max(d_values):.3f}; the mask extraction took {min(pairs):.4f} to "
+        f"{max(pairs):.4f} of the merged run, and peak GPU memory was at most {max(peaks):.2f} GiB above it. "
+        "Not every target of issue 5 holds in every "
         "call: the benchmark page lists each target per call, and what makes the calls differ.",
         "",
         *latest_targets(),
+        "",
+        f_line(),
     ]
 
 
@@ -519,9 +558,9 @@ def main() -> None:
         "",
         f"**freefuse / merged = {ratio(head, 'd'):.2f}** (restart, the default; 2 subjects, 1024 px); continue: "
         f"**{ratio(head, 'c'):.2f}**. Device: {head['device']}, the latest main call (`{HEADLINE}`, medians of "
-        f"{len(row(head, 'b')['runs'])} runs, 2026-12-02; torch and Triton of the device's "
+        f"{len(row(head, 'b')['runs'])} runs, 2026-{CALLS[-1][1]}; torch and Triton of the device's "
         f"image, read in that call: {versions})."
-        " The one before it, on another machine "
+        " The one before it, on another device lease "
         f"(`{SECOND}`): restart {ratio(second, 'd'):.2f}, continue {ratio(second, 'c'):.2f}.",
         "",
         *latest_targets(),
@@ -535,12 +574,14 @@ def main() -> None:
         f"step {STEP}, block 16, VAE decode of x0, superpixels at {head['superpixel_px']} px{px_note}. Rows: b the "
         "LoRAs through ComfyUI's stock loader (merged); c FreeFuse continue (extract, then the masked sampler from "
         "step k); d FreeFuse restart (extract, then the masked sampler from step 0: the default); B row b again after "
-        "the FreeFuse rows.",
+        "the FreeFuse rows; f the existing FreeFuse pack for ComfyUI (yaoliliu/FreeFuse) on the same model, LoRAs "
+        "and conditioning, where the call ran it (see Row f).",
         "",
-        "Commands: on the device, `COMFYUI_PATH=<ComfyUI 0.33> " + CALLS[-1][3] + "` (then "
-        "`SUBJECT_REPEATS=3 bash bench/device_run.sh OUT subjects` and `SIZES=2048 RANKS= bash bench/device_run.sh "
-        "OUT sizes`); copy OUT's files to `docs/bench/` under the names the tables below use; here, "
-        "`python3 bench/report.py`. `flux_bench.py` ends by "
+        "Commands: on the device, `COMFYUI_PATH=<ComfyUI 0.33> " + CALLS[-1][3] + "` (`<its folder>`: "
+        "`freefuse_comfyui` of yaoliliu/FreeFuse, which this repository does not contain; then "
+        f"`SUBJECT_REPEATS={len(load(LATEST_SUBJECTS)['4']['b'][2])} bash bench/device_run.sh OUT subjects` and "
+        "`SIZES=2048 RANKS= bash bench/device_run.sh OUT sizes`); copy OUT's files to `docs/bench/` under the "
+        "names the tables below use; here, `python3 bench/report.py`. `flux_bench.py` ends by "
         f"printing the two ratio lines (`{HEADLINE.replace('.json', '_stdout.txt')}`).",
         "",
         f"## The latest main call and the one before it (`{HEADLINE}`, `{SECOND}`)",
@@ -562,8 +603,8 @@ def main() -> None:
         f"- Continue, 4 subjects, c / b <= {TARGETS['c4']:.2f}: " + ", ".join(fmt(v) for v in four)
         + f": {verdict(four, TARGETS['c4'])} calls.",
         f"- Restart (default), d / b <= 1 + k/steps + 0.06 = {TARGETS['d']:.4f}: " + ", ".join(fmt(v) for v in d_values)
-        + f": {verdict(d_values, TARGETS['d'])} calls that ran row d. Issue 5 gives 2.05 for the existing FreeFuse "
-        "pack, which was not run here.",
+        + f": {verdict(d_values, TARGETS['d'])} calls that ran row d. "
+        + f_line(),
         f"- Mask extraction <= {TARGETS['extraction']} of b, as the extraction minus its own first k steps (pairs): "
         + ", ".join(f"{v:.4f}" for v in pairs) + f": {verdict(pairs, TARGETS['extraction'])}; clocked inside the run "
         "(from the GPU's end of step k-1 to the voted masks): " + ", ".join(f"{v:.4f}" for v in in_run)
@@ -623,6 +664,10 @@ def main() -> None:
         "",
         *host_table(),
         "",
+        "## Row f: the existing FreeFuse pack",
+        "",
+        *f_section(),
+        "",
         "## Row e: ComfyUI's core hooks",
         "",
         "`bash bench/device_run.sh OUT hooks` (on the H200, 2026-12-02): per subject count, b, c, d and e in one "
@@ -638,7 +683,7 @@ def main() -> None:
         "## 4 subjects, 1024 px",
         "",
         "`SUBJECT_REPEATS=3 bash bench/device_run.sh OUT subjects` (b, c, d, and c with every LoRA term resident "
-        "on the GPU instead of prefetched; medians of 3 runs, 1 in the first):",
+        "on the GPU instead of prefetched; medians of 3 runs, 1 in the first, 2 in the last):",
         "",
         *subjects_table(),
         "",
