@@ -140,14 +140,19 @@ def masked_eval_ms(clock: dict) -> float:
     return statistics.median(clock["eval_ms"][-STEPS:])
 
 
-def eval_line(run: dict, letter: str) -> str:
+def clock_medians(run: dict, letter: str) -> tuple[float, float] | None:
+    """A row's median over its runs of the masked evaluations' GPU time and of the lag, in ms; None without the
+    clock."""
     found = row(run, letter)
     if found is None or not clocks(found):
-        return " | "
+        return None
     each = clocks(found)
-    evals = statistics.median(masked_eval_ms(c) for c in each)
-    lags = statistics.median(c["lag_median_ms"] for c in each)
-    return f"{evals:.1f} | {lags:.0f}"
+    return statistics.median(masked_eval_ms(c) for c in each), statistics.median(c["lag_median_ms"] for c in each)
+
+
+def eval_line(run: dict, letter: str) -> str:
+    medians = clock_medians(run, letter)
+    return " | " if medians is None else f"{medians[0]:.1f} | {medians[1]:.0f}"
 
 
 def lag_split(names: list[str]) -> tuple[list[float], list[float], float]:
@@ -333,15 +338,13 @@ def targets_of(main: str, subjects: str, where: str) -> str:
 def stages_beside(head: dict, second: dict) -> list[str]:
     """The extraction's stages at the default size in HEADLINE against SECOND's, with b's median lag in each:
     where the extraction's share of b differs between leases."""
-    def lag(run: dict) -> float:
-        return statistics.median(c["lag_median_ms"] for c in clocks(row(run, "b")))
-
+    (head_eval, head_lag), (second_eval, second_lag) = clock_medians(head, "b"), clock_medians(second, "b")
     cells = ", ".join(f"{k} {1000 * head['extraction_breakdown_seconds'][k]:.1f} against {1000 * v:.1f} ms"
                       for k, v in second["extraction_breakdown_seconds"].items())
     return [f"`{HEADLINE}` against `{SECOND}` (the lease before, same code): {cells}; extraction "
             f"{extraction_pairs(head):.4f} against {extraction_pairs(second):.4f} of b, whose evaluations took "
-            f"{eval_line(head, 'b').split(' | ')[0]} against {eval_line(second, 'b').split(' | ')[0]} ms on the GPU "
-            f"with a median lag of {lag(head):.0f} against {lag(second):.0f} ms. A merged evaluation's GPU time is "
+            f"{head_eval:.1f} against {second_eval:.1f} ms on the GPU with a median lag of {head_lag:.0f} against "
+            f"{second_lag:.0f} ms. A merged evaluation's GPU time is "
             "alike; the stages that grew are made of many small launches or CPU work (the VAE decode at 128 px, the "
             "voting on the CPU, step k's launches beside the SLIC thread), which points at the later lease's host "
             "rather than its GPU (an inference: the host was not profiled in that call)."]
@@ -437,7 +440,7 @@ def f_line() -> str:
     """Row f beside row d, in every call that ran both."""
     parts = [f"`{name}`: d / b {ratio(load(name), 'd'):.3f}, f / b {ratio(load(name), 'f'):.3f}" for name in f_calls()]
     return ("The existing FreeFuse pack (row f) in the same process: " + "; ".join(parts)
-            + " (issue 5's figure for it, on an H100: 2.05).") if parts else "Row f was not run."
+            + " (issue 5's figure for it, on an H100: 2.05).")
 
 
 def f_section() -> list[str]:
@@ -717,8 +720,8 @@ def main() -> None:
         "",
         "## 4 subjects, 1024 px",
         "",
-        "`SUBJECT_REPEATS=3 bash bench/device_run.sh OUT subjects` (b, c, d, and c with every LoRA term resident "
-        "on the GPU instead of prefetched; medians of 3 runs, 1 in the first, 2 in the last two):",
+        "`SUBJECT_REPEATS=N bash bench/device_run.sh OUT subjects` (b, c, d, and c with every LoRA term resident "
+        "on the GPU instead of prefetched; medians of N runs, c's runs listed):",
         "",
         *subjects_table(),
         "",
