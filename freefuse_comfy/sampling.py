@@ -21,6 +21,7 @@ wrapper that sets `injection.CallMasks` for each evaluation and resets it after.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ class FreeFuseMasks:
 
     subjects: tuple[str, ...]        # subject names, in mask order
     token_masks: torch.Tensor        # [B, N, S] hard masks on the token grid
-    pixel_masks: torch.Tensor        # [B, S, H, W] hard masks at pixel resolution
+    owner: torch.Tensor              # [B, h, w] each pixel's subject (mask index) on the image SLIC ran on
     image: torch.Tensor              # [B, h, w, 3] the step-(k-1) x0 image SLIC ran on (h, w <= H, W)
     grid: tuple[int, int]
     step: int
@@ -85,6 +86,14 @@ class FreeFuseMasks:
     latent_at_step: dict             # the latent after steps 0..k-1, with its leftover noise
     empty_subjects: tuple[str, ...] = field(default=())
     subject_tokens: tuple[tuple[int, ...], ...] = field(default=())   # I_l: T5 token indices, mask order
+
+    @functools.cached_property
+    def pixel_masks(self) -> torch.Tensor:
+        """`[B, S, H, W]` hard masks at the image's full size, made on first read: sampling needs the token
+        masks alone, so only a reader such as Mask Preview pays for the full-size masks."""
+        size = _pixels(self.setup.latent)
+        return torch.stack([owner_to_pixel_masks(resize_owner(owner, size), len(self.subjects))
+                            for owner in self.owner])
 
 
 class _Captured(Exception):
@@ -190,8 +199,7 @@ def extract(setup: SamplingSetup, vae, step: int, block: int, loras_before: bool
                          "activation_words in its FreeFuse LoRA Loader.") from error
 
     model, capture = capture_model(setup, block, loras_before, token_sets, step)
-    size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
-    stage = _StepK(capture, vae, image_source, superpixel_px, sigma, size, step, block)
+    stage = _StepK(capture, vae, image_source, superpixel_px, sigma, _pixels(setup.latent), step, block)
     model.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, stage.wrapper)
     preview = latent_preview.prepare_callback(model, step)
 
@@ -346,21 +354,22 @@ def _grid(latent: dict) -> tuple[int, int]:
     return (height + 1) // 2, (width + 1) // 2
 
 
+def _pixels(latent: dict) -> tuple[int, int]:
+    """The full image size of a latent: 8 px a latent cell."""
+    return tuple(8 * d for d in latent["samples"].shape[-2:])
+
+
 def _vote(subjects, token_sets, maps, image, segments, step, block, setup, latent_at_step) -> FreeFuseMasks:
-    grid = _grid(setup.latent)
-    size = tuple(8 * d for d in setup.latent["samples"].shape[-2:])
-    token_masks, pixel_masks = [], []
-    for b in range(image.shape[0]):
-        owner = resize_owner(vote_owner(maps[b], segments[b], grid, size=size), size)
-        token_masks.append(owner_to_token_masks(owner, len(subjects), grid))
-        pixel_masks.append(owner_to_pixel_masks(owner, len(subjects)))
-    token_masks = torch.stack(token_masks)
+    """Eq. 12-13 on the working image SLIC segmented; the token masks counted from its ownership."""
+    grid, size = _grid(setup.latent), _pixels(setup.latent)
+    owners = torch.stack([vote_owner(maps[b], segments[b], grid, size=size) for b in range(image.shape[0])])
+    token_masks = torch.stack([owner_to_token_masks(owner, len(subjects), grid, size=size) for owner in owners])
     empty = tuple(s.name for i, s in enumerate(subjects) if not bool(token_masks[..., i].any()))
     for name in empty:
         log.warning("%s: subject '%s' won no superpixel at step %d; its LoRA will act nowhere. "
                     "Try another 'mask_step' or 'mask_block', or a clearer activation word.",
                     EXTRACT_NODE, name, step)
-    return FreeFuseMasks(subjects=tuple(s.name for s in subjects), token_masks=token_masks,
-                         pixel_masks=torch.stack(pixel_masks), image=image, grid=grid, step=step,
-                         block=block, setup=setup, latent_at_step=latent_at_step, empty_subjects=empty,
+    return FreeFuseMasks(subjects=tuple(s.name for s in subjects), token_masks=token_masks, owner=owners,
+                         image=image, grid=grid, step=step, block=block, setup=setup,
+                         latent_at_step=latent_at_step, empty_subjects=empty,
                          subject_tokens=tuple(tuple(t) for t in token_sets))

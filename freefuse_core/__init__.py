@@ -5,20 +5,20 @@ from .lowrank import DenseTerm, LowRankTerm, MaskedLowRank
 from .prefetch import Prefetcher
 from .superpixels import (
                           MaskResult,
+                          maps_at,
                           masks_from_attention,
                           owner_to_pixel_masks,
                           owner_to_token_masks,
                           quick_gil_handoff,
                           resize_owner,
                           slic_segments,
-                          upsample_maps,
                           vote_owner,
 )
 from .tokens import TokenPiece, find_subject_tokens
 
 __all__ = [
     "HAS_TRITON", "DenseTerm", "LowRankTerm", "MaskResult", "MaskedLowRank", "Prefetcher", "TokenPiece", "cross_rows",
-    "find_subject_tokens", "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks",
+    "find_subject_tokens", "maps_at", "masks_from_attention", "owner_to_pixel_masks", "owner_to_token_masks",
     "quick_gil_handoff", "resize_owner", "salient_tokens", "slic_segments", "subject_maps", "suppress_sinks",
-    "up_gelu", "up_rms_norm", "upsample_maps", "vote_owner",
+    "up_gelu", "up_rms_norm", "vote_owner",
 ]

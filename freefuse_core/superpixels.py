@@ -6,10 +6,18 @@
 - Eq. 13: the winner `argmax_l s_{l,r}` owns every pixel of `r`; `F_l = 1` on what `l` owns.
 The pixel ownership is brought to the token grid by majority per `patch x patch` cell (decision),
 so every pixel and every token belongs to exactly one subject.
+
+SLIC may run on a reduced copy of the image (`h x w` of the full `H x W`). The maps then reach its
+size in two bilinear steps, tokens to `H x W`, then `H x W` to `h x w`, each separable: the pair is
+`Wy S_l Wx^T` with per-axis weights `Wy` `[h, grid h]`, `Wx` `[w, grid w]` (the full-size maps are never
+formed). Where `H x W` is a whole multiple `f` of `h x w` and `f` divides `patch`, the token cells are
+counted on the reduced ownership itself, `patch / f` pixels a side: nearest resizing repeats each pixel
+`f x f` times, so every count scales by `f^2` and each cell's winner is the same.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import threading
@@ -71,12 +79,27 @@ def _check(height: int, width: int, grid: tuple[int, int], patch: int):
         raise ValueError(f"a {height}x{width} image does not fit a {grid[0]}x{grid[1]} token grid of {patch} px")
 
 
-def upsample_maps(maps: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], patch: int = 16) -> torch.Tensor:
-    """`[S, N]` token-grid maps to `[S, H, W]` pixels: bilinear to the padded grid, then cropped."""
+@functools.lru_cache(maxsize=64)
+def axis_weights(cells: int, patch: int, pixels: int, out: int) -> torch.Tensor:
+    """`[out, cells]` float32, one axis of `maps_at`: `cells` tokens linearly to `cells * patch` pixels, the
+    first `pixels` kept (Eq. 12's upsampling), then linearly to `out` where `out != pixels`. Read-only:
+    cached."""
+    weights = F.interpolate(torch.eye(cells)[None], size=cells * patch, mode="linear", align_corners=False)[0]
+    weights = weights[:, :pixels]
+    if out != pixels:
+        weights = F.interpolate(weights[None], size=out, mode="linear", align_corners=False)[0]
+    return weights.t().contiguous()
+
+
+def maps_at(maps: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], out: tuple[int, int],
+            patch: int = 16) -> torch.Tensor:
+    """`[S, N]` token-grid maps `[S, out_h, out_w]`: bilinear to the padded grid of `patch` px a token,
+    cropped to `size`, then bilinear to `out` (where it differs): `Wy S Wx^T` per subject, with no
+    `size`-sized intermediate."""
     _check(*size, grid, patch)
-    up = F.interpolate(maps.float().reshape(1, -1, *grid), size=(grid[0] * patch, grid[1] * patch),
-                       mode="bilinear", align_corners=False)[0]
-    return up[:, :size[0], :size[1]]
+    rows = axis_weights(grid[0], patch, size[0], out[0]).to(maps.device)
+    columns = axis_weights(grid[1], patch, size[1], out[1]).to(maps.device)
+    return rows @ maps.float().reshape(-1, *grid) @ columns.t()
 
 
 def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int = 16,
@@ -92,9 +115,7 @@ def vote_owner(maps: torch.Tensor, segments, grid: tuple[int, int], patch: int =
                          f"got {tuple(maps.shape)}")
     if labels.ndim != 2 or labels.numel() == 0 or int(labels.min()) < 0:
         raise ValueError(f"segments must be a non-empty H x W map of labels >= 0; got shape {tuple(labels.shape)}")
-    up = upsample_maps(maps, grid, size or tuple(labels.shape), patch)
-    if up.shape[-2:] != labels.shape:
-        up = F.interpolate(up[None], size=tuple(labels.shape), mode="bilinear", align_corners=False)[0]
+    up = maps_at(maps, grid, size or tuple(labels.shape), tuple(labels.shape), patch)
     count = int(labels.max()) + 1
     sums = torch.zeros(up.shape[0], count, dtype=up.dtype, device=up.device)
     sums.index_add_(1, labels.flatten(), up.flatten(1))
@@ -121,14 +142,21 @@ def owner_to_pixel_masks(owner: torch.Tensor, n_subjects: int) -> torch.Tensor:
     return torch.stack([owner == s for s in range(n_subjects)]).float()
 
 
-def owner_to_token_masks(owner: torch.Tensor, n_subjects: int, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
+def owner_to_token_masks(owner: torch.Tensor, n_subjects: int, grid: tuple[int, int], patch: int = 16,
+                         size: tuple[int, int] | None = None) -> torch.Tensor:
     """`[N, S]` one-hot masks on the token grid: each cell goes to the subject owning most of it.
 
     Cells partly outside the image count only their inside pixels. Cells wholly outside count each
     of their pixels as the owner of its nearest inside pixel (the ownership edge-padded). Ties go to
     the lowest index. Counted one subject at a time on `[rows, patch, columns, patch]` views, with no
-    one-hot image.
+    one-hot image. `size`: the image size the grid covers, where `owner` is a working size's
+    ownership (as `resize_owner(owner, size)` would count; on `owner` itself where that is the same).
     """
+    if size is not None and tuple(size) != tuple(owner.shape):
+        factor = size[0] // owner.shape[0]
+        if tuple(size) != (factor * owner.shape[0], factor * owner.shape[1]) or patch % factor:
+            return owner_to_token_masks(resize_owner(owner, size), n_subjects, grid, patch)
+        patch //= factor
     height, width = owner.shape
     _check(height, width, grid, patch)
     _check_owner(owner, n_subjects)

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from references import cell_majority
 
-from freefuse_core import owner_to_pixel_masks, owner_to_token_masks, quick_gil_handoff, slic_segments, vote_owner
+from freefuse_core import (
+    maps_at,
+    owner_to_pixel_masks,
+    owner_to_token_masks,
+    quick_gil_handoff,
+    resize_owner,
+    slic_segments,
+    vote_owner,
+)
 from freefuse_core.superpixels import SLIC_SWITCH_INTERVAL
 
 
@@ -25,6 +33,50 @@ def test_vote_sums_each_superpixel_like_a_loop(grid, size, subjects):
         where = segments == r
         sums = [up[l][where].sum() for l in range(subjects)]
         assert (owner.numpy()[where] == int(np.argmax(sums))).all()
+
+
+def two_pass(maps, grid, size, out):
+    """Eq. 12's maps as two bilinear resizes of whole images: tokens to `size`, then `size` to `out`."""
+    up = F.interpolate(maps.reshape(1, -1, *grid), size=(grid[0] * 16, grid[1] * 16), mode="bilinear",
+                       align_corners=False)[0, :, :size[0], :size[1]]
+    return up if tuple(size) == tuple(out) else F.interpolate(up[None], size=out, mode="bilinear",
+                                                              align_corners=False)[0]
+
+
+@pytest.mark.parametrize("grid, size, out", [((64, 64), (1024, 1024), (128, 128)), ((63, 38), (1000, 600), (128, 77)),
+                                             ((5, 7), (75, 100), (75, 100)), ((4, 4), (64, 64), (13, 9))])
+def test_maps_at_a_working_size_are_the_two_bilinear_resizes(grid, size, out):
+    maps = torch.rand(3, grid[0] * grid[1], generator=torch.Generator().manual_seed(1))
+    got = maps_at(maps, grid, size, out)
+    assert got.shape == (3, *out)
+    torch.testing.assert_close(got, two_pass(maps, grid, size, out), atol=1e-6, rtol=0)
+
+
+def test_vote_on_a_working_size_sums_the_maps_resized_to_it():
+    grid, size, out = (8, 6), (128, 96), (32, 24)
+    maps = torch.rand(2, 48, generator=torch.Generator().manual_seed(2))
+    segments = np.random.default_rng(2).integers(0, 12, out)
+    owner = vote_owner(maps, segments, grid, size=size)
+    up = two_pass(maps, grid, size, out).double().numpy()
+    for r in range(12):
+        where = segments == r
+        assert (owner.numpy()[where] == int(np.argmax([up[s][where].sum() for s in range(2)]))).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 5), w=st.integers(1, 5), factor=st.sampled_from([1, 2, 3, 4, 8, 16]),
+       cut_h=st.integers(0, 31), cut_w=st.integers(0, 31), extra=st.integers(0, 15), subjects=st.integers(2, 4),
+       seed=st.integers(0, 999))
+def test_token_masks_of_a_working_size_match_those_of_its_full_size_owner(h, w, factor, cut_h, cut_w, extra,
+                                                                        subjects, seed):
+    """Counted on the small ownership where the full size is a whole multiple of it (every factor dividing the
+    16 px patch); otherwise (`extra` columns, or the factor 3) as the full-size ownership counts."""
+    small = (max(1, (h * 16 - cut_h) // factor), max(1, (w * 16 - cut_w) // factor))
+    size = (small[0] * factor, min(w * 16, small[1] * factor + extra % factor))
+    owner = torch.as_tensor(np.random.default_rng(seed).integers(0, subjects, small))
+    full = resize_owner(owner, size)
+    assert torch.equal(owner_to_token_masks(owner, subjects, (h, w), size=size),
+                       cell_majority(full, subjects, (h, w)))
 
 
 def test_vote_rejects_an_image_larger_than_the_grid():

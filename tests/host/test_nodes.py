@@ -347,14 +347,19 @@ def test_no_leak_between_runs_resolutions_prompts_and_branches(world, two_loras)
     dict(cfg=4.0), dict(latent=empty_latent(64, 64, batch=2)), dict(latent=empty_latent(1000, 600)),
     dict(loras_before_mask="off"), dict(x0_image="latent rgb"), dict(denoise=0.8),
 ], ids=["cfg4", "batch2", "1000x600", "loras-off-before-k", "latent-rgb", "denoise0.8"])
-def test_end_to_end_settings(world, two_loras, settings):
+def test_end_to_end_settings(world, two_loras, settings, pack):
     a, b = two_loras
     model = world.loras((a, "Alice"), (b, "Bob"))
     latent = settings.pop("latent", empty_latent(64, 64))
     masks = world.extract(model, latent=latent, steps=3, mask_step=1, **settings)
     batch, _, h, w = latent["samples"].shape
     assert masks.token_masks.shape == (batch, ((h + 1) // 2) * ((w + 1) // 2), 2)
+    assert masks.owner.shape == masks.image.shape[:3]
+    core = module(pack, "freefuse_core")
+    full = [core.resize_owner(owner, (h * 8, w * 8)) for owner in masks.owner]   # the votes at full size
+    assert torch.equal(masks.token_masks, torch.stack([core.owner_to_token_masks(o, 2, masks.grid) for o in full]))
     assert masks.pixel_masks.shape == (batch, 2, h * 8, w * 8)
+    assert torch.equal(masks.pixel_masks.argmax(1), torch.stack(full))
     for mode in ("restart", "continue"):
         out = world.masked(masks, mode)
         assert out.shape == (batch, 16, h, w) and torch.isfinite(out).all()
