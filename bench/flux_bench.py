@@ -352,7 +352,7 @@ class EvalClock:
 
 class StageTimer:
     """Wraps the extraction's stages with synchronised timers (attention, x0 image, SLIC, voting; the
-    step-k run that SLIC overlaps, and inside the x0 image the VAE network alone).
+    step-k run that SLIC overlaps, inside the x0 image the VAE network alone, and the voting's masks).
 
     SLIC runs in a worker thread beside the step-k run, so the stages add up to more than the whole."""
 
@@ -362,7 +362,8 @@ class StageTimer:
                        "VAE network (inside x0 to image)": (vae.first_stage_model, "decode"),
                        "superpixels (worker thread)": (glue.sampling, "slic_segments"),
                        "step k to block b (beside the superpixels)": (glue.sampling, "_capture_maps"),
-                       "voting": (glue.sampling, "vote_owner")}
+                       "voting": (glue.sampling, "vote_owner"),
+                       "voting, whole (_vote)": (glue.sampling, "_vote")}
         self.totals = dict.fromkeys(self.STAGES, 0.0)
         self.saved = {}
 
@@ -867,8 +868,7 @@ def extraction_part(bench: Bench):
     note("pairs (extraction - first k, ms): " + ", ".join(f"{1000 * p['added']:.0f}" for p in pairs)
          + "; step k to the masks, in the run (ms): " + ", ".join(f"{1000 * p['step_k_to_masks']:.0f}" for p in pairs))
     timer = StageTimer(bench.vae)
-    timer.STAGES.update({"voting, whole (_vote)": (glue.sampling, "_vote"),
-                         "free_memory": (mm, "free_memory"),
+    timer.STAGES.update({"free_memory": (mm, "free_memory"),
                          "soft_empty_cache": (mm, "soft_empty_cache"),
                          "sampler calls (run_sampler)": (glue.sampling, "run_sampler"),
                          "load_models_gpu": (mm, "load_models_gpu"),
