@@ -19,6 +19,8 @@ STEP, STEPS = 6, 28
 TARGETS = {"c": 1.08, "c4": 1.10, "d": 1 + STEP / STEPS + 0.06, "extraction": 0.02, "peak": 0.5}
 DEVICE_RUN = "bash bench/device_run.sh OUT"
 STAGE_K = "step k to block b (beside the superpixels)"   # the extraction breakdown's step-k stage
+VOTE_STAGE = "voting, whole (_vote)"
+VOTE_COMMAND = f"MAIN_ROWS=bcdB MAIN_PAIRS=9 MAIN_REPEATS=5 SUBJECT_REPEATS=2 {DEVICE_RUN} main subjects"
 # The H200 main calls of the code since stage 1 became one sampler call, oldest first:
 # (file, session, what changed, the command that made it).
 CALLS = (
@@ -44,17 +46,26 @@ CALLS = (
      f"EXISTING_PACK=<its folder> MAIN_ROWS=bcdBf MAIN_PAIRS=9 MAIN_REPEATS=5 {DEVICE_RUN} main"),
     ("main_rowf_2.json", "12-03", "same code, the next device lease",
      f"EXISTING_PACK=<its folder> MAIN_ROWS=bcdBf MAIN_PAIRS=9 MAIN_REPEATS=5 {DEVICE_RUN} main"),
+    ("main_vote.json", "12-03 mid", "voting on the working image (8de15d6, 8ca7150)", VOTE_COMMAND),
+    ("main_vote_2.json", "12-03 late", "same code, a new device lease", VOTE_COMMAND),
+    ("main_vote_3.json", "12-03 late", "same code, the same lease", VOTE_COMMAND),
+    ("main_vote_4.json", "12-03 late", "same code, the same lease",
+     f"MAIN_ROWS=bcdB MAIN_PAIRS=9 MAIN_REPEATS=5 SIZES=2048 RANKS= {DEVICE_RUN} main sizes"),
 )
-HEADLINE, SECOND = "main_rowf_2.json", "main_rowf.json"   # the latest main call and the one before it
-LATEST_SUBJECTS = "subjects4_rowf_2.json"   # the 4-subject call after HEADLINE's
-# The latest sets of one main call and the 4-subject call after it, with where that call ran, oldest first:
-TARGET_SETS = (("main_px128.json", "subjects4_px128.json", "in the same command"),
-               ("main_rowf.json", "subjects4_rowf.json", "in the same command"),
-               (HEADLINE, LATEST_SUBJECTS, "on the next device lease: the subjects part of its command ran out of "
-                                           "time there"))
-BIG = "sizes_2048_2.json"   # `SIZES=2048 RANKS= device_run.sh OUT sizes` with the current code
+HEADLINE, SECOND = "main_vote_4.json", "main_vote_3.json"   # the latest main call and the one before it
+SECOND_WHERE = "the call before it on the same device lease"
+# Sets of one main call and the 4-subject call of the same command (None where its command ran none), with where
+# that call ran, oldest first:
+TARGET_SETS = (("main_rowf_2.json", "subjects4_rowf_2.json", "on the next device lease: the subjects part of its "
+                                                             "command ran out of time there"),
+               ("main_vote.json", "subjects4_vote.json", "in the same command"),
+               ("main_vote_2.json", "subjects4_vote_2.json", "in the same command"),
+               ("main_vote_3.json", "subjects4_vote_3.json", "in the same command"),
+               (HEADLINE, None, "its command ran the 2048 px part instead"))
+BIG = "sizes_2048_vote.json"   # the sizes part of HEADLINE's command
 HOOKS = "hooks_h200.json"   # `device_run.sh OUT hooks`: b, c, d, e with 2 and 3 subjects in one process
-VERSIONS = "device_versions_rowf_2.txt"   # torch, Triton and the GPU, read in HEADLINE's call
+VERSIONS = "device_versions_vote_4.txt"   # torch, Triton and the GPU, read in HEADLINE's call
+VOTE_CPU = "vote_cpu_working.txt"   # bench/vote_bench.py --px 128 at --full 1024 and 2048, before and after 8de15d6
 HOST = (  # the host part (8 steps of b, c, c-unfused): (file, fused_check.py's output in that call or None, code)
     ("host_clock.json", None, "12-02 mid: stage 1 in one sampler call"),
     ("host_lean.json", "fused_check_lean.txt", "12-02 evening: host time of a masked layer cut (27e87d9)"),
@@ -70,7 +81,10 @@ SUBJECTS = (  # 4 subjects, 1024 px: (file, session, code)
     ("subjects4_lean_2.json", "12-02 evening", "a few more trims (47254f0), the machine of `main_lean_2.json`"),
     ("subjects4_px128.json", "12-02 night", "SLIC at 128 px, in the command of `main_px128.json`"),
     ("subjects4_rowf.json", "12-03", "same code, in the command of `main_rowf.json`"),
-    (LATEST_SUBJECTS, "12-03", "same code, the lease after `main_rowf_2.json`'s"),
+    ("subjects4_rowf_2.json", "12-03", "same code, the lease after `main_rowf_2.json`'s"),
+    ("subjects4_vote.json", "12-03 mid", "voting on the working image, in the command of `main_vote.json`"),
+    ("subjects4_vote_2.json", "12-03 late", "same code, in the command of `main_vote_2.json`"),
+    ("subjects4_vote_3.json", "12-03 late", "same code, in the command of `main_vote_3.json`"),
 )
 EARLIER = (  # H200 main calls of older code: (file, what the code did then)
     ("main.json", "SLIC beside step k, CPU voting, masked forwards built once per model"),
@@ -314,16 +328,19 @@ def host_table() -> list[str]:
 
 def latest_targets() -> list[str]:
     """Which targets hold in each set of TARGET_SETS, newest first."""
-    return ["The targets of issue 5 in the latest main calls, each with the 4-subject call after it, newest first:",
+    return ["The targets of issue 5 in the latest main calls, each with the 4-subject call after it where its "
+            "command ran one, newest first:",
             "", *(targets_of(*found) for found in reversed(TARGET_SETS))]
 
 
-def targets_of(main: str, subjects: str, where: str) -> str:
-    head, four = load(main), load(subjects)["4"]
-    four_c = four["c"][0] / four["b"][0]
-    checks = [(f"c / b {ratio(head, 'c'):.3f} (target <= {TARGETS['c']})", ratio(head, "c") <= TARGETS["c"]),
-              (f"4 subjects c / b {four_c:.3f} (target <= {TARGETS['c4']:.2f})", four_c <= TARGETS["c4"]),
-              (f"d / b {ratio(head, 'd'):.4f} (target <= {TARGETS['d']:.4f})", ratio(head, "d") <= TARGETS["d"]),
+def targets_of(main: str, subjects: str | None, where: str) -> str:
+    head = load(main)
+    checks = [(f"c / b {ratio(head, 'c'):.3f} (target <= {TARGETS['c']})", ratio(head, "c") <= TARGETS["c"])]
+    if subjects is not None:
+        four = load(subjects)["4"]
+        four_c = four["c"][0] / four["b"][0]
+        checks.append((f"4 subjects c / b {four_c:.3f} (target <= {TARGETS['c4']:.2f})", four_c <= TARGETS["c4"]))
+    checks += [(f"d / b {ratio(head, 'd'):.4f} (target <= {TARGETS['d']:.4f})", ratio(head, "d") <= TARGETS["d"]),
               (f"extraction, pairs, {extraction_pairs(head):.4f} of b (target <= {TARGETS['extraction']})",
                extraction_pairs(head) <= TARGETS["extraction"]),
               (f"extraction, in the run, {extraction_in_run(head):.4f} of b (target <= {TARGETS['extraction']})",
@@ -331,8 +348,8 @@ def targets_of(main: str, subjects: str, where: str) -> str:
               (f"peak c - b {peak_c(head):.2f} GiB (target <= {TARGETS['peak']})", peak_c(head) <= TARGETS["peak"])]
     held = [text for text, ok in checks if ok]
     missed = [text for text, ok in checks if not ok]
-    return (f"- `{main}` and the 4-subject call after it (`{subjects}`, {where}): held: {'; '.join(held) or 'none'}; "
-            f"missed: {'; '.join(missed) or 'none'}.")
+    four_call = f"the 4-subject call after it (`{subjects}`, {where})" if subjects else f"no 4-subject call ({where})"
+    return (f"- `{main}` and {four_call}: held: {'; '.join(held) or 'none'}; missed: {'; '.join(missed) or 'none'}.")
 
 
 def stages_beside(head: dict, second: dict) -> list[str]:
@@ -341,13 +358,38 @@ def stages_beside(head: dict, second: dict) -> list[str]:
     (head_eval, head_lag), (second_eval, second_lag) = clock_medians(head, "b"), clock_medians(second, "b")
     cells = ", ".join(f"{k} {1000 * head['extraction_breakdown_seconds'][k]:.1f} against {1000 * v:.1f} ms"
                       for k, v in second["extraction_breakdown_seconds"].items())
-    return [f"`{HEADLINE}` against `{SECOND}` (the lease before, same code): {cells}; extraction "
+    return [f"`{HEADLINE}` against `{SECOND}` ({SECOND_WHERE}): {cells}; extraction "
             f"{extraction_pairs(head):.4f} against {extraction_pairs(second):.4f} of b, whose evaluations took "
             f"{head_eval:.1f} against {second_eval:.1f} ms on the GPU with a median lag of {head_lag:.0f} against "
-            f"{second_lag:.0f} ms. A merged evaluation's GPU time is "
-            "alike; the stages that grew are made of many small launches or CPU work (the VAE decode at 128 px, the "
-            "voting on the CPU, step k's launches beside the SLIC thread), which points at the later lease's host "
-            "rather than its GPU (an inference: the host was not profiled in that call)."]
+            f"{second_lag:.0f} ms."]
+
+
+def voting_lines() -> list[str]:
+    """`_vote` before and after 8de15d6: on the device (the extraction part of the old code, the main calls of
+    the new) and on this repository's CPU machine (VOTE_CPU: both trees' vote_bench.py in one command)."""
+    old = 1000 * load("extraction_px128.json")["stages_per_extraction_s"][VOTE_STAGE]
+    new = [(name, 1000 * load(name)["extraction_breakdown_seconds"][VOTE_STAGE]) for name, *_ in CALLS
+           if VOTE_STAGE in load(name)["extraction_breakdown_seconds"]]
+    cpu = {}
+    for block in (RESULTS / VOTE_CPU).read_text().split("== ")[1:]:
+        head, *stages = block.strip().splitlines()
+        rev, full = head.split()[0], int(head.split()[2])
+        cpu[rev, full] = {name: float(ms) for name, ms in (re.match(r"(.*?)\s+([\d.]+) ms \(", line).groups()
+                                                           for line in stages)}
+    cells = []
+    for (rev, full), stages in cpu.items():
+        in_vote = sum(ms for name, ms in stages.items() if "first read" not in name)
+        later = sum(ms for name, ms in stages.items() if "first read" in name)
+        cells.append(f"{rev} at {full} px: {in_vote:.1f} ms in `_vote`"
+                     + (f" and {later:.1f} ms on the pixel masks' first read" if later else ""))
+    return ["The voting after SLIC (`_vote`: Eq. 12-13, the ownership and the token masks) works on SLIC's working "
+            "image since 8de15d6: the attention maps reach it as `Wy S Wx^T` (one bilinear matrix a side, no "
+            "full-size maps), the token masks are counted on the working ownership where the full size is a whole "
+            "multiple of it, and the full-size pixel masks are made on their first read (Mask Preview). On the "
+            f"device, `_vote` took {old:.1f} ms before (`extraction_px128.json`, the extraction part) and "
+            + ", ".join(f"{ms:.1f} ms in `{name}`" for name, ms in new) + " after. On this repository's 2-core CPU "
+            f"machine, SLIC at 128 px (`{VOTE_CPU}`: `python3 bench/vote_bench.py --px 128 --full F` for F of 1024 "
+            "and 2048, in a worktree of 5543f84 and in this one, one after the other): " + "; ".join(cells) + "."]
 
 
 def default_px() -> int:
@@ -405,13 +447,14 @@ def px128_lines(default: int, head: dict | None) -> list[str]:
 
 
 def sizes_lines() -> list[str]:
-    big, now = load("sizes_2048.json")["sizes"]["2048"], load(BIG)["sizes"]["2048"]
     old, new, three = load("sizes.json"), load("sizes_px128.json"), load("subjects3_px128.json")["3"]
-    lines = ["| case | code, device | b s | c s | c / b | d / b | peak c - b GiB |", "|---|---|---|---|---|---|---|",
-             f"| 2048 px | x0 image queued, H200 (`sizes_2048.json`) | {big['b'][0]:.2f} | {big['c'][0]:.2f} | "
-             f"{big['c'][0] / big['b'][0]:.3f} | | {big['c'][1] - big['b'][1]:.2f} |",
-             f"| 2048 px | current code, H200 (`{BIG}`, the lease after `{HEADLINE}`'s) | {now['b'][0]:.2f} | "
-             f"{now['c'][0]:.2f} | {now['c'][0] / now['b'][0]:.3f} | | {now['c'][1] - now['b'][1]:.2f} |"]
+    lines = ["| case | code, device | b s | c s | c / b | d / b | peak c - b GiB |", "|---|---|---|---|---|---|---|"]
+    for name, code in (("sizes_2048.json", "x0 image queued, H200"),
+                       ("sizes_2048_2.json", "full-size voting (5543f84), H200, the lease after `main_rowf_2.json`'s"),
+                       (BIG, f"voting on the working image, H200, in the command of `{HEADLINE}`")):
+        big = load(name)["sizes"]["2048"]
+        lines.append(f"| 2048 px | {code} (`{name}`) | {big['b'][0]:.2f} | {big['c'][0]:.2f} | "
+                     f"{big['c'][0] / big['b'][0]:.3f} | | {big['c'][1] - big['b'][1]:.2f} |")
     cases = [(f"{size} px", "sizes_px128.json", found) for size, found in new["sizes"].items()]
     cases += [(f"rank {rank}", "sizes_px128.json", found) for rank, found in new["ranks"].items()]
     cases.append(("3 subjects", "subjects3_px128.json", three))
@@ -519,7 +562,7 @@ def earlier_table() -> list[str]:
 
 def plot(path: Path) -> None:
     """c / b and d / b of every main call in CALLS, with the targets as lines."""
-    width, height, left, bottom, top_value, right = 1000, 360, 60, 300, 1.40, 130   # right: the target labels
+    width, height, left, bottom, top_value, right = 1500, 360, 60, 300, 1.40, 130   # right: the target labels
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     scale = (bottom - 30) / (top_value - 1.0)
@@ -557,7 +600,7 @@ def summary(head: dict, second: dict) -> list[str]:
         "`docs/bench/`): FreeFuse against a merged LoRA run on a FLUX.1-dev-sized model (random bf16 weights), "
         "1024 px, 28 steps, two rank-32 LoRAs, every row in one process on an NVIDIA H200.",
         "",
-        f"The latest call (`{HEADLINE}`) and the one before it (`{SECOND}`, another device lease) gave "
+        f"The latest call (`{HEADLINE}`) and the one before it (`{SECOND}`, {SECOND_WHERE}) gave "
         f"`freefuse / merged = {ratio(head, 'd'):.2f}` and {ratio(second, 'd'):.2f} (restart, the default) and "
         f"continue {ratio(head, 'c'):.2f} and {ratio(second, 'c'):.2f}. Over the {len(CALLS)} main calls of the "
         f"current stage 1, continue ranged {min(c_values):.3f} to {max(c_values):.3f} and restart "
@@ -596,8 +639,8 @@ def main() -> None:
         f"**{ratio(head, 'c'):.2f}**. Device: {head['device']}, the latest main call (`{HEADLINE}`, medians of "
         f"{len(row(head, 'b')['runs'])} runs, 2026-{CALLS[-1][1]}; torch and Triton of the device's "
         f"image, read in that call: {versions})."
-        " The one before it, on another device lease "
-        f"(`{SECOND}`): restart {ratio(second, 'd'):.2f}, continue {ratio(second, 'c'):.2f}.",
+        f" The one before it ({SECOND_WHERE}, "
+        f"`{SECOND}`): restart {ratio(second, 'd'):.2f}, continue {ratio(second, 'c'):.2f}.",
         "",
         *latest_targets(),
         "",
@@ -613,12 +656,14 @@ def main() -> None:
         "the FreeFuse rows; f the existing FreeFuse pack for ComfyUI (yaoliliu/FreeFuse) on the same model, LoRAs "
         "and conditioning, where the call ran it (see Row f).",
         "",
-        "Commands: on the device, `COMFYUI_PATH=<ComfyUI 0.33> " + CALLS[-1][3] + "` (`<its folder>`: "
-        "`freefuse_comfyui` of yaoliliu/FreeFuse, which this repository does not contain; then "
-        f"`SUBJECT_REPEATS={len(load(LATEST_SUBJECTS)['4']['b'][2])} bash bench/device_run.sh OUT subjects` and "
-        "`SIZES=2048 RANKS= bash bench/device_run.sh OUT sizes`); copy OUT's files to `docs/bench/` under the "
-        "names the tables below use; here, `python3 bench/report.py`. `flux_bench.py` ends by "
-        f"printing the two ratio lines (`{HEADLINE.replace('.json', '_stdout.txt')}`).",
+        "Commands: on the device, `COMFYUI_PATH=<ComfyUI 0.33> " + CALLS[-1][3] + "` for the latest call, each "
+        "other call's in the table of every call below (row f needs `EXISTING_PACK=<its folder>`, the folder "
+        "`freefuse_comfyui` of yaoliliu/FreeFuse, which this repository does not contain, and `f` in `MAIN_ROWS`); "
+        "copy OUT's files to `docs/bench/` under the names the tables below use; here, `python3 bench/report.py`. "
+        "On the device, ComfyUI's requirements that its image lacks came as wheels installed with `pip --no-deps "
+        "--target`, and PyAV as a stand-in module whose names resolve (ComfyUI imports it; nothing here decodes "
+        "video). "
+        f"`flux_bench.py` ends by printing the two ratio lines (`{HEADLINE.replace('.json', '_stdout.txt')}`).",
         "",
         f"## The latest main call and the one before it (`{HEADLINE}`, `{SECOND}`)",
         "",
@@ -689,6 +734,8 @@ def main() -> None:
            if "extraction_breakdown_seconds_192px" in head else "") + ".",
         "",
         *stages_beside(head, second),
+        "",
+        *voting_lines(),
         "",
         *default_px_lines(head),
         "",
