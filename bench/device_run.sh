@@ -17,14 +17,16 @@
 # lets main run row f (MAIN_ROWS with f). MAIN_ROWS (default bcdpu), MAIN_PAIRS (3) and MAIN_REPEATS (2)
 # set main's rows, extraction pairs and timed runs a row, SUBJECT_REPEATS (1) the subjects part's, SIZES
 # (512,2048) and RANKS (16,64) the sizes part's;
-# `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s.
+# `MAIN_ROWS=bcd MAIN_PAIRS=5 ... main` took 135 s on an H200, `main` with every row 210 to 290 s;
+# `MAIN_ROWS=bcdB MAIN_PAIRS=9 MAIN_REPEATS=5 ... main` 260 s on a freshly started one, 237 to 239 s after it
+# (the logs of main_vote_2..4.json), so give a part on a fresh machine more than 190 s.
 set -uo pipefail
 out=${1:?usage: bench/device_run.sh OUT_DIR [layers] [main] [subjects] [hooks] [profile] [pairs] [host] [extraction] [staging] [sizes]}
 shift
 parts=${*:-layers main subjects}
 mkdir -p "$out"
 export TRITON_PRINT_AUTOTUNING=1   # the logs name the block shapes the fused kernels' autotuning picked
-log() { grep -v "it/s" > "$out/$1"; }
+log() { grep --line-buffered -v "it/s" > "$out/$1"; }   # line by line: a part stopped by a timeout keeps its log
 # The machine while the parts run: the GPU's clocks, temperature, power and throttle reasons every 0.5 s
 # (gpu_monitor_PARTS.csv), and the host's load and CPU time split (user, system, steal: /proc/stat) every 1 s
 # (host_monitor_PARTS.txt), each line stamped with seconds since the epoch.
