@@ -539,8 +539,8 @@ def subjects_log() -> tuple[dict[str, float], list[str]]:
 def settings_table() -> list[str]:
     lines = ["| run | b s | c s | c / b | c resident / b | peak c - b GiB | first run b s | first run c s |",
              "|---|---|---|---|---|---|---|---|"]
-    for label, name in (("fp8 weights (`--fp8`), current code (`main_fp8_px128.json`)", "main_fp8_px128.json"),
-                        ("`--disable-dynamic-vram`, current code (`main_nodyn_px128.json`)", "main_nodyn_px128.json"),
+    for label, name in (("fp8 weights (`--fp8`), SLIC at 128 px (`main_fp8_px128.json`)", "main_fp8_px128.json"),
+                        ("`--disable-dynamic-vram`, SLIC at 128 px (`main_nodyn_px128.json`)", "main_nodyn_px128.json"),
                         ("fp8 weights, older code (`main_fp8.json`)", "main_fp8.json"),
                         ("`--disable-dynamic-vram`, older code (`main_nodyn.json`)", "main_nodyn.json")):
         run = load(name)
@@ -696,9 +696,10 @@ def main() -> None:
         f"{big['c'][1] - big['b'][1]:.2f} GiB (`{BIG}`, current code, one timed run each). Stage 1 allocates no "
         "`N x N` tensor: the capture reads q, k of block b and builds only the rows it needs (asserted in "
         "`tests/core` at a 64 x 64 token grid).",
-        f"- Row e (ComfyUI core hooks with the same LoRAs confined to the same masks), on the H200 with the current "
-        f"code (`{HOOKS}`, one timed run each): {hooks_line()}; see Row e below. Earlier, on an H100 with older "
-        f"code (`main_h100.json`): e {ratio(h100, 'e'):.1f} x b, next to c {ratio(h100, 'c'):.2f} and d "
+        f"- Row e (ComfyUI core hooks with the same LoRAs confined to the same masks), on the H200 with the pack code "
+        f"of `main_rowf.json`, before the voting change (`{HOOKS}`, one timed run each): {hooks_line()}; see Row e "
+        f"below. Earlier, on an H100 with older code (`main_h100.json`): e {ratio(h100, 'e'):.1f} x b, next to c "
+        f"{ratio(h100, 'c'):.2f} and d "
         f"{ratio(h100, 'd'):.2f}; at 512 px with 2 subjects e took {hooks['e 2 at 512 px']:.1f} s against "
         f"{hooks['d 2 at 512 px']:.2f} s for FreeFuse restart, and {', '.join(unfinished)} did not finish inside "
         "the 10-minute call (`subjects_log.txt`).",
@@ -795,7 +796,8 @@ def main() -> None:
         "",
         "## Other settings (H200, one timed run each)",
         "",
-        "Current code: `python3 bench/flux_bench.py --comfyui $COMFYUI_PATH --out OUT --rows bcp --repeats 1 "
+        "The code of `main_px128.json` (SLIC at 128 px, before the voting change): `python3 bench/flux_bench.py "
+        "--comfyui $COMFYUI_PATH --out OUT --rows bcp --repeats 1 "
         "--extraction-repeats 1 --fp8` (and `--disable-dynamic-vram` instead of `--fp8`), one device command after "
         "the one of `sizes_px128.json`; older code: before stage 1 became one sampler call.",
         "",
