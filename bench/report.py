@@ -53,7 +53,7 @@ CALLS = (
      f"MAIN_ROWS=bcdB MAIN_PAIRS=9 MAIN_REPEATS=5 SIZES=2048 RANKS= {DEVICE_RUN} main sizes"),
 )
 HEADLINE, SECOND = "main_vote_4.json", "main_vote_3.json"   # the latest main call and the one before it
-SECOND_WHERE = "the call before it on the same device lease"
+SECOND_WHERE = "on the same device lease"
 # Sets of one main call and the 4-subject call of the same command (None where its command ran none), with where
 # that call ran, oldest first:
 TARGET_SETS = (("main_rowf_2.json", "subjects4_rowf_2.json", "on the next device lease: the subjects part of its "
